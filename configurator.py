@@ -1,0 +1,93 @@
+"""
+Poor man's configurator, after nanoGPT. A script defines its config as plain globals,
+then runs `exec(open(os.path.join(os.path.dirname(__file__), 'configurator.py')).read())`.
+This overrides those globals from the command line, in order:
+
+    python train_bc.py --task=pusht                 # loads config/pusht.py first, sets task='pusht'
+    python train_bc.py config/pusht_long.py         # a config file: plain `key = value` lines
+    python train_bc.py --batch_size=32 --lr_decay=False --out_dir=out/x
+
+A value is parsed as a Python literal when it is one (3e-4, True, None, [1, 2]) and kept as
+a string otherwise. Unlike nanoGPT, every key (from the command line or a config file) must
+name an existing global, and its new value must have the global's type (an int is accepted
+where a float is expected; any type where the default is None), so a typo fails loudly
+instead of silently creating a new variable. The final config is printed and kept in the
+dict `config` for logs and checkpoints.
+"""
+import ast as _ast
+import difflib as _difflib
+import os as _os
+import sys as _sys
+
+
+def _configurator(g, argv):
+    """Apply config files and --key=value overrides from argv to the globals dict g."""
+    keys = [k for k, v in g.items() if not k.startswith('_')
+            and isinstance(v, (bool, int, float, str, list, tuple, dict, type(None)))]
+    repo_dir = _os.path.dirname(_os.path.abspath(g.get('__file__', 'configurator.py')))
+
+    def fail(msg):
+        raise SystemExit(f"configurator: {msg}")
+
+    def check_and_set(key, value, source):
+        if key not in keys:
+            close = _difflib.get_close_matches(key, keys, n=3, cutoff=0.5)
+            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            fail(f"unknown config key '{key}' (from {source}).{hint} "
+                 f"Known keys: {', '.join(sorted(keys))}")
+        default = g[key]
+        if default is not None and value is not None:
+            expected = type(default)
+            ok = isinstance(value, expected) and not (expected is not bool and isinstance(value, bool))
+            if expected is float and isinstance(value, int) and not isinstance(value, bool):
+                value, ok = float(value), True
+            if expected is tuple and isinstance(value, list):
+                value, ok = tuple(value), True
+            if not ok:
+                fail(f"config key '{key}' (from {source}) expects {expected.__name__} "
+                     f"(default {default!r}) but got {type(value).__name__} {value!r}")
+        elif value is None and default is not None and not isinstance(default, str):
+            fail(f"config key '{key}' (from {source}) expects {type(default).__name__}, got None")
+        g[key] = value
+
+    def load_file(path):
+        if not _os.path.exists(path):
+            fail(f"config file {path} not found")
+        scope = {}
+        exec(open(path).read(), scope)
+        for k, v in scope.items():
+            if not k.startswith('_') and not isinstance(v, type(_os)):
+                check_and_set(k, v, path)
+
+    # --task=NAME loads config/NAME.py before anything else, wherever it appears
+    for arg in argv:
+        if arg.startswith('--task='):
+            task = arg.split('=', 1)[1]
+            path = _os.path.join(repo_dir, 'config', f'{task}.py')
+            if not _os.path.exists(path):
+                presets = sorted(f[:-3] for f in _os.listdir(_os.path.join(repo_dir, 'config')) if f.endswith('.py'))
+                fail(f"no preset config/{task}.py for --task={task}. Presets: {', '.join(presets)}")
+            load_file(path)
+            check_and_set('task', task, '--task')
+    for arg in argv:
+        if arg.startswith('--task='):
+            continue
+        if not arg.startswith('--'):
+            load_file(arg)
+            continue
+        if '=' not in arg:
+            fail(f"argument '{arg}' must look like --key=value")
+        key, val = arg[2:].split('=', 1)
+        try:
+            value = _ast.literal_eval(val)
+        except (SyntaxError, ValueError):
+            value = {'true': True, 'false': False, 'none': None}.get(val.lower(), val)
+        if isinstance(g.get(key), str) and not isinstance(value, str) and value is not None:
+            value = val  # --out_dir=123 or --instruction=True stay strings
+        check_and_set(key, value, f'--{key}')
+    return {k: g[k] for k in keys}
+
+
+config = _configurator(globals(), _sys.argv[1:])
+if int(_os.environ.get('RANK', 0)) == 0:
+    print("config: " + ", ".join(f"{k}={v!r}" for k, v in config.items()))
