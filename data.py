@@ -1,0 +1,791 @@
+"""
+Robot demonstrations in the LeRobot dataset format: read (v3.0 and v2.1), write (v3.0), and
+turn into model batches. One code path for demos generated here and datasets from the hub.
+
+On disk (codebase v3.0, what lerobot writes today; many episodes share one file):
+    meta/info.json                       fps, features {name: {dtype, shape, names}}, totals, path templates
+    meta/stats.json                      per feature {mean, std, min, max, count} (images: (3,1,1) over [0,1])
+    meta/tasks.parquet                   task string (pandas index) -> task_index
+    meta/episodes/chunk-000/file-000.parquet   per episode: length, tasks, dataset_from/to_index,
+                                         data/{chunk,file}_index, videos/<key>/{chunk,file}_index,
+                                         videos/<key>/{from,to}_timestamp, stats/<key>/<stat>
+    data/chunk-000/file-000.parquet      one row per frame: features + timestamp, frame_index,
+                                         episode_index, index, task_index; images as {bytes: PNG, path}
+    videos/<key>/chunk-000/file-000.mp4  camera streams, episodes back to back
+v2.1 (most published datasets): one file per episode, JSON-lines metadata:
+    meta/episodes.jsonl, meta/tasks.jsonl, meta/episodes_stats.jsonl,
+    data/chunk-000/episode_000000.parquet, videos/chunk-000/<key>/episode_000000.mp4
+
+Speed: a training step must never wait on data, so everything is loaded once at construction
+(numeric columns -> numpy, every camera frame decoded exactly once -> one uint8 (N,H,W,3) array,
+a disk memmap when it does not fit in RAM) and indexing a batch is pure numpy fancy indexing.
+"""
+import io
+import json
+import os
+import re
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+
+CODEBASE_VERSION = "v3.0"
+TOLERANCE_S = 1e-4  # lerobot's default: a timestamp matches a frame if within 0.1 ms
+CHUNKS_SIZE = 1000  # files per chunk-XXX folder
+DATA_FILE_MB, VIDEO_FILE_MB = 100, 200  # roll over to file-(k+1) past these sizes
+DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
+EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+DEFAULT_FEATURES = {  # added to every frame by the writer, exactly like lerobot
+    "timestamp": {"dtype": "float32", "shape": [1], "names": None},
+    "frame_index": {"dtype": "int64", "shape": [1], "names": None},
+    "episode_index": {"dtype": "int64", "shape": [1], "names": None},
+    "index": {"dtype": "int64", "shape": [1], "names": None},
+    "task_index": {"dtype": "int64", "shape": [1], "names": None},
+}
+CAMERA_DTYPES = ("image", "video")
+
+# -----------------------------------------------------------------------------
+# small I/O helpers
+
+
+def _read_parquet(path):
+    """Read a parquet file, turning pyarrow's generic errors into one that names the file."""
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path} is missing; the dataset is incomplete: re-download or re-record it")
+    try:
+        return pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:
+        raise ValueError(f"{path} is corrupt or truncated ({e}); re-download or re-record this dataset") from e
+
+
+def _write_json(obj, path):
+    """Write JSON atomically (tmp + rename) so a crash never leaves a half-written info.json."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".tmp"), "w") as f:
+        json.dump(obj, f, indent=4, default=lambda x: x.tolist() if hasattr(x, "tolist") else str(x))
+    os.replace(path.with_suffix(".tmp"), path)
+
+
+def _read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _arrow_to_numpy(col, shape):
+    """(Nested) list column -> np.ndarray (N, *shape); scalar column -> (N,)."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    while pa.types.is_list(arr.type) or pa.types.is_fixed_size_list(arr.type) or pa.types.is_large_list(arr.type):
+        arr = arr.flatten()
+    out = arr.to_numpy(zero_copy_only=False)
+    return out if list(shape) == [1] else out.reshape(len(col), *shape)
+
+
+def _numpy_to_arrow(x):
+    """np.ndarray (N, *shape) -> nested fixed-size-list column (what HF List/ArrayND read back)."""
+    arr = pa.array(np.ascontiguousarray(x).reshape(-1))
+    for d in reversed(x.shape[1:]):
+        arr = pa.FixedSizeListArray.from_arrays(arr, d)
+    return arr
+
+
+def _decode_png(b):
+    return np.asarray(Image.open(io.BytesIO(b)).convert("RGB"))
+
+
+def _encode_png(img):
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG", compress_level=1)  # level 1: 5x faster, ~same size on renders
+    return buf.getvalue()
+
+
+def _frame_buffer(n, shape, key):
+    """A uint8 (n, *shape) array for decoded frames: RAM when it fits in half of it, else a disk memmap."""
+    nbytes = n * int(np.prod(shape))
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if nbytes < ram // 2:
+        return np.empty((n, *shape), dtype=np.uint8)
+    path = Path(tempfile.mkdtemp(prefix="nanovla_frames_")) / f"{key}.u8"
+    print(f"{key}: {nbytes / 2**30:.1f} GiB of frames > half of RAM; caching them in a disk memmap at {path} "
+          f"(reads go through the OS page cache; put TMPDIR on a fast local disk)")
+    return np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(n, *shape))
+
+
+def _decode_video_into(path, query_ts, dest_rows, out, tolerance_s):
+    """Decode `path` once, front to back, writing the frame at each query timestamp (seconds, sorted)
+    into out[dest_rows]. A query with no decoded frame within tolerance_s is an error (lerobot's check)."""
+    if not Path(path).exists():
+        raise FileNotFoundError(f"video {path} is missing (the dataset's info.json lists this camera as 'video'). "
+                                f"Download the videos too, or pass camera_keys=[] to read only non-video features")
+    j, missed = 0, []
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            for frame in container.decode(stream):
+                ts = float(frame.pts * stream.time_base)
+                while j < len(query_ts) and query_ts[j] < ts - tolerance_s:
+                    missed.append(query_ts[j])
+                    j += 1
+                if j < len(query_ts) and abs(query_ts[j] - ts) <= tolerance_s:
+                    rgb = frame.to_ndarray(format="rgb24")  # (H, W, 3) uint8
+                    if rgb.shape != out.shape[1:]:
+                        raise ValueError(f"{path}: frames are {rgb.shape}, info.json says {out.shape[1:]}")
+                    while j < len(query_ts) and abs(query_ts[j] - ts) <= tolerance_s:
+                        out[dest_rows[j]] = rgb
+                        j += 1
+                if j == len(query_ts):
+                    break
+    except av.FFmpegError as e:
+        raise ValueError(f"{path} is corrupt or unreadable by PyAV ({e}); re-download or re-encode it") from e
+    missed += list(query_ts[j:])
+    if missed:
+        raise ValueError(f"{path}: no frame within tolerance_s={tolerance_s} of timestamps {missed[:5]} "
+                         f"({len(missed)} in all); the video and the parquet timestamps disagree")
+
+
+# -----------------------------------------------------------------------------
+# statistics: per-episode, then merged with the parallel-variance formula (Chan et al. 1979)
+
+
+def compute_stats(x, is_camera=False):
+    """Stats of one feature over frames x (N, *shape). Cameras: per-channel over [0,1] pixels, shape (3,1,1)."""
+    n = len(x)
+    if is_camera or np.ndim(x) == 4:  # (N, H, W, C) images/depth -> reduce over N, H, W; keep (C, 1, 1) like lerobot
+        x = x.reshape(-1, x.shape[-1]).astype(np.float64) / (255.0 if x.dtype == np.uint8 else 1.0)
+        stats = dict(min=x.min(0), max=x.max(0), mean=x.mean(0), std=x.std(0))
+        return {k: v.reshape(-1, 1, 1) for k, v in stats.items()} | {"count": np.array([n])}
+    x = np.asarray(x, dtype=np.float64).reshape(n, -1)
+    return {"min": x.min(0), "max": x.max(0), "mean": x.mean(0), "std": x.std(0), "count": np.array([n])}
+
+
+def aggregate_stats(stats_list):
+    """Merge per-episode stats {key: {mean, std, min, max, count}} into dataset stats (exact mean/std)."""
+    out = {}
+    for key in {k for s in stats_list for k in s}:
+        parts = [s[key] for s in stats_list if key in s]
+        n = np.array([float(np.asarray(p["count"]).sum()) for p in parts])
+        means = np.stack([np.asarray(p["mean"], dtype=np.float64) for p in parts])
+        w = (n / n.sum()).reshape(-1, *[1] * (means.ndim - 1))
+        mean = (w * means).sum(0)
+        var = (w * (np.stack([np.asarray(p["std"], dtype=np.float64) for p in parts]) ** 2 + (means - mean) ** 2)).sum(0)
+        out[key] = {"mean": mean, "std": np.sqrt(var), "count": np.array([int(n.sum())]),
+                    "min": np.min(np.stack([np.asarray(p["min"]) for p in parts]), 0),
+                    "max": np.max(np.stack([np.asarray(p["max"]) for p in parts]), 0)}
+    return out
+
+
+# -----------------------------------------------------------------------------
+# reading
+
+
+class LeRobotDatasetMetadata:
+    """meta/ of a dataset (v3.0 or v2.1): fps, features, tasks {index: str}, episodes (list of dicts), stats."""
+
+    def __init__(self, root):
+        self.root = Path(root)
+        info_path = self.root / "meta/info.json"
+        if not info_path.exists():
+            raise FileNotFoundError(f"{info_path} is missing: {self.root} is not a LeRobot dataset "
+                                    f"(expected meta/info.json, data/chunk-XXX/*.parquet); check the path")
+        self.info = json.loads(info_path.read_text())
+        self.version = self.info.get("codebase_version")
+        if self.version not in ("v2.0", "v2.1", "v3.0"):
+            raise ValueError(f"{info_path}: codebase_version={self.version!r} is not supported (v2.0, v2.1, v3.0). "
+                             f"Convert it with lerobot's conversion scripts to v3.0")
+        self.fps = self.info["fps"]
+        self.features = self.info["features"]
+        self.camera_keys = [k for k, f in self.features.items() if f["dtype"] in CAMERA_DTYPES]
+        self.video_keys = [k for k in self.camera_keys if self.features[k]["dtype"] == "video"]
+        self.image_keys = [k for k in self.camera_keys if self.features[k]["dtype"] == "image"]
+        if self.version == "v3.0":
+            self._load_v30()
+        else:
+            self._load_v2()
+        self.total_episodes, self.total_frames = len(self.episodes), sum(e["length"] for e in self.episodes)
+
+    def _load_v30(self):
+        t = _read_parquet(self.root / "meta/tasks.parquet").to_pydict()
+        names = t.get("task", t.get("__index_level_0__"))  # pandas writes the task string as the index
+        self.tasks = dict(zip(t["task_index"], names))
+        files = sorted((self.root / "meta/episodes").glob("*/*.parquet"))
+        if not files:
+            raise FileNotFoundError(f"{self.root}/meta/episodes/chunk-XXX/file-XXX.parquet is missing")
+        rows = [r for f in files for r in _read_parquet(f).to_pylist()]
+        self.episodes = sorted(rows, key=lambda e: e["episode_index"])
+        stats_path = self.root / "meta/stats.json"
+        if stats_path.exists():
+            self.stats = {k: {s: np.asarray(v) for s, v in d.items()} for k, d in json.loads(stats_path.read_text()).items()}
+        else:  # fall back to the per-episode stats columns
+            per_ep = [{k: {} for k in self.features} for _ in self.episodes]
+            for e, ep in zip(per_ep, self.episodes):
+                for col, v in ep.items():
+                    if col.startswith("stats/"):
+                        key, stat = col[6:].rsplit("/", 1)
+                        e[key][stat] = v
+            self.stats = aggregate_stats([{k: d for k, d in e.items() if "mean" in d} for e in per_ep])
+
+    def _load_v2(self):
+        self.tasks = {t["task_index"]: t["task"] for t in _read_jsonl(self.root / "meta/tasks.jsonl")}
+        self.episodes = sorted(_read_jsonl(self.root / "meta/episodes.jsonl"), key=lambda e: e["episode_index"])
+        start = 0
+        for ep in self.episodes:  # v2 stores per-episode files; global indices are cumulative lengths
+            ep["dataset_from_index"], ep["dataset_to_index"] = start, start + ep["length"]
+            start += ep["length"]
+        if (self.root / "meta/episodes_stats.jsonl").exists():  # v2.1
+            self.stats = aggregate_stats([e["stats"] for e in _read_jsonl(self.root / "meta/episodes_stats.jsonl")])
+        else:  # v2.0
+            self.stats = {k: {s: np.asarray(v) for s, v in d.items()}
+                          for k, d in json.loads((self.root / "meta/stats.json").read_text()).items()}
+
+    def data_files(self, episodes):
+        """Parquet files holding these episodes, in order."""
+        if self.version == "v3.0":
+            keys = dict.fromkeys((e["data/chunk_index"], e["data/file_index"]) for e in episodes)
+            return [self.root / self.info["data_path"].format(chunk_index=c, file_index=f) for c, f in keys]
+        return [self.root / self.info["data_path"].format(
+            episode_chunk=e["episode_index"] // self.info["chunks_size"], episode_index=e["episode_index"]) for e in episodes]
+
+    def video_file(self, ep, key):
+        """(mp4 path, timestamp of the episode's first frame inside it)."""
+        if self.version == "v3.0":
+            return self.root / self.info["video_path"].format(
+                video_key=key, chunk_index=ep[f"videos/{key}/chunk_index"], file_index=ep[f"videos/{key}/file_index"]
+            ), ep[f"videos/{key}/from_timestamp"]
+        return self.root / self.info["video_path"].format(
+            episode_chunk=ep["episode_index"] // self.info["chunks_size"], video_key=key,
+            episode_index=ep["episode_index"]), 0.0
+
+
+def _resolve_root(repo_id_or_path, root):
+    """A local folder is used as is; a hub id ("user/name") is snapshot-downloaded (into root if given)."""
+    for cand in [root, repo_id_or_path]:
+        if cand is not None and (Path(cand) / "meta/info.json").exists():
+            return Path(cand)
+    if Path(repo_id_or_path).exists():
+        return Path(repo_id_or_path)  # a folder without info.json: LeRobotDatasetMetadata says what is missing
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", str(repo_id_or_path)):
+        raise FileNotFoundError(f"{repo_id_or_path} is neither a local folder nor a hub id like 'lerobot/pusht'")
+    import huggingface_hub
+
+    try:
+        return Path(huggingface_hub.snapshot_download(str(repo_id_or_path), repo_type="dataset", local_dir=root))
+    except Exception as e:  # offline, unknown repo, auth: all end the same way for the user
+        raise RuntimeError(
+            f"could not download dataset {repo_id_or_path!r} from the Hugging Face hub ({type(e).__name__}: {e}). "
+            f"If this machine is offline, download it elsewhere with `huggingface-cli download --repo-type dataset "
+            f"{repo_id_or_path} --local-dir DIR`, copy DIR here and pass LeRobotDataset('DIR')") from e
+
+
+class LeRobotDataset(torch.utils.data.Dataset):
+    """Frames of a LeRobot dataset. ds[i] -> {feature: tensor, "<key>_is_pad": bool, "task": str, ...}.
+
+    delta_timestamps (lerobot semantics) asks for a window of each feature around frame i, in seconds:
+        {"observation.image": [-0.1, 0.0], "action": [0.0, 0.1, 0.2, 0.3]}   at fps=10 ->
+        frame:      i-1   i    i+1  i+2  i+3          (clamped to the episode, padded frames flagged)
+        image        x    x                            -> (2, C, H, W), observation.image_is_pad (2,)
+        action            x    x    x    x             -> (4, A),       action_is_pad (4,)
+    camera_keys limits which cameras are decoded (default all; [] reads only the numeric columns).
+    """
+
+    def __init__(self, repo_id_or_path, root=None, delta_timestamps=None, episodes=None, image_transforms=None,
+                 video_backend="pyav", tolerance_s=TOLERANCE_S, camera_keys=None):
+        if video_backend != "pyav":
+            raise ValueError(f"video_backend={video_backend!r}: only 'pyav' is supported here")
+        self.root = _resolve_root(repo_id_or_path, root)
+        self.meta = meta = LeRobotDatasetMetadata(self.root)
+        self.fps, self.features, self.tolerance_s, self.image_transforms = meta.fps, meta.features, tolerance_s, image_transforms
+        self.delta_indices = self._check_deltas(delta_timestamps or {})
+        eps = meta.episodes if episodes is None else [e for e in meta.episodes if e["episode_index"] in set(episodes)]
+        if episodes is not None and len(eps) != len(set(episodes)):
+            raise ValueError(f"episodes={sorted(episodes)}: only {[e['episode_index'] for e in eps]} exist in {self.root}")
+        self.episodes = eps
+        self.columns = self._load_columns(eps)  # {key: np.ndarray (N, ...)}
+        ep_idx = self.columns["episode_index"]
+        # per-row start/end (relative row indices) of the row's episode, for windows and padding
+        bounds = np.flatnonzero(np.diff(ep_idx)) + 1
+        starts, ends = np.r_[0, bounds], np.r_[bounds, len(ep_idx)]
+        run = np.repeat(np.arange(len(starts)), ends - starts)
+        self.ep_start, self.ep_end = starts[run], ends[run]
+        for e, s, n in zip(eps, starts, ends - starts):
+            if n != e["length"] or ep_idx[s] != e["episode_index"]:
+                raise ValueError(f"{self.root}: episode {e['episode_index']} has {n} rows in data/ but its metadata "
+                                 f"says length {e['length']}; the dataset is corrupt, re-download or re-record it")
+        self.camera_keys = meta.camera_keys if camera_keys is None else list(camera_keys)
+        unknown = set(self.camera_keys) - set(meta.camera_keys)
+        if unknown:
+            raise KeyError(f"camera_keys {sorted(unknown)} not in the dataset's cameras {meta.camera_keys}")
+        self.frames, self.missing = {}, {}  # key -> uint8 (N,H,W,3); key -> error raised when that camera is used
+        for key in self.camera_keys:
+            try:
+                self.frames[key] = self._load_camera(key, eps)
+            except FileNotFoundError as e:  # e.g. videos absent upstream: numeric features still usable
+                self.missing[key] = e
+        self._image_table = None  # PNG bytes are decoded; free them
+
+    def _check_deltas(self, delta_timestamps):
+        """Seconds -> frame offsets; each delta must land on a frame (a multiple of 1/fps within tolerance)."""
+        out = {}
+        for key, deltas in delta_timestamps.items():
+            if key not in self.features:
+                raise KeyError(f"delta_timestamps names {key!r} but the dataset has no such feature; "
+                               f"it has {sorted(self.features)}")
+            bad = [d for d in deltas if abs(d * self.fps - round(d * self.fps)) / self.fps > self.tolerance_s]
+            if bad:
+                raise ValueError(f"delta_timestamps[{key!r}] = {bad} do not land on a frame at fps={self.fps} "
+                                 f"(tolerance {self.tolerance_s}s); use multiples of 1/{self.fps} s")
+            out[key] = np.array([round(d * self.fps) for d in deltas], dtype=np.int64)
+        return out
+
+    def _load_columns(self, eps):
+        numeric = [k for k, f in self.features.items() if f["dtype"] not in CAMERA_DTYPES]
+        keep = {e["episode_index"] for e in eps}
+        tables = []
+        for path in self.meta.data_files(eps):
+            t = _read_parquet(path)
+            missing = set(numeric) - set(t.column_names)
+            if missing:
+                raise ValueError(f"{path} lacks columns {sorted(missing)} that meta/info.json lists; dataset is corrupt")
+            tables.append(t.select(numeric + self.meta.image_keys))
+        table = pa.concat_tables(tables)
+        ep = table.column("episode_index").to_numpy()
+        rows = np.flatnonzero(np.isin(ep, list(keep)))
+        table = table.take(rows) if len(rows) != len(ep) else table
+        table = table.take(pa.array(np.argsort(table.column("index").to_numpy(), kind="stable")))
+        self._image_table = table.select(self.meta.image_keys)
+        cols = {k: _arrow_to_numpy(table.column(k), self.features[k]["shape"]) for k in numeric}
+        for k, x in cols.items():
+            if x.dtype.kind == "f" and not np.isfinite(x).all():
+                bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(1))[0]
+                raise ValueError(f"{self.root}: feature {k!r} has NaN/inf at episode {cols['episode_index'][bad]} "
+                                 f"frame {cols['frame_index'][bad]}; fix the recording or drop that episode "
+                                 f"with episodes=[...]")
+        return cols
+
+    def _load_camera(self, key, eps):
+        """Every frame of one camera, decoded once, into uint8 (N, H, W, 3)."""
+        shape = tuple(self.features[key]["shape"])
+        if self.features[key]["dtype"] == "image":  # PNG bytes inside the parquet
+            structs = self._image_table.column(key).combine_chunks()
+            blobs = structs.field("bytes").to_pylist()
+            if any(b is None for b in blobs):
+                raise ValueError(f"{self.root}: image feature {key!r} has rows without embedded PNG bytes")
+            out = _frame_buffer(len(blobs), shape, key)
+            with ThreadPoolExecutor(4) as pool:  # PIL releases the GIL while decoding
+                for i, img in enumerate(pool.map(_decode_png, blobs, chunksize=256)):
+                    out[i] = img
+            return out
+        out = _frame_buffer(len(self), shape, key)
+        ts, row, by_file = self.columns["timestamp"].astype(np.float64), 0, {}
+        for ep in eps:  # group episodes by mp4 so each file is decoded once, front to back
+            path, t0 = self.meta.video_file(ep, key)
+            q, dest = by_file.setdefault(path, ([], []))
+            q.extend(t0 + ts[row:row + ep["length"]])
+            dest.extend(range(row, row + ep["length"]))
+            row += ep["length"]
+        for path, (q, dest) in by_file.items():
+            order = np.argsort(q, kind="stable")
+            _decode_video_into(path, np.asarray(q)[order], np.asarray(dest)[order], out, self.tolerance_s)
+        return out
+
+    def window(self, idx, offsets):
+        """Rows idx+offsets clamped to each row's episode, and where they fell outside it.
+        idx (B,) int, offsets (T,) int -> rows (B, T), is_pad (B, T) bool."""
+        idx = np.asarray(idx)[..., None]
+        q = idx + offsets
+        start, end = self.ep_start[idx], self.ep_end[idx]
+        return np.clip(q, start, end - 1), (q < start) | (q >= end)
+
+    def camera(self, key):
+        if key in self.missing:
+            raise self.missing[key]
+        return self.frames[key]
+
+    def __len__(self):
+        return len(self.columns["index"])
+
+    def __getitem__(self, i):
+        item = {}
+        for key in list(self.columns) + self.camera_keys:
+            arr = self.camera(key) if key in self.frames or key in self.missing else self.columns[key]
+            if key in self.delta_indices:
+                rows, pad = self.window(i, self.delta_indices[key])
+                x, item[f"{key}_is_pad"] = arr[rows], torch.from_numpy(pad)
+            else:
+                x = arr[i]
+            x = torch.from_numpy(np.array(x))
+            if key in self.camera_keys:  # uint8 (..., H, W, C) -> float (..., C, H, W) in [0, 1], like lerobot
+                x = x.movedim(-1, -3).float() / 255.0
+                x = self.image_transforms(x) if self.image_transforms else x
+            item[key] = x
+        item["task"] = self.meta.tasks[int(self.columns["task_index"][i])]
+        return item
+
+
+# -----------------------------------------------------------------------------
+# writing (v3.0)
+
+
+class LeRobotDatasetWriter:
+    """Record episodes into the v3.0 layout; used by simulator experts (envs.py) and by DAgger.
+
+    If `root` already holds a v3.0 dataset, new episodes are APPENDED (new data/video/episode files
+    file-(k+1), stats merged), so DAgger can aggregate into the same dataset without rewriting it.
+        w = LeRobotDatasetWriter("data/pusht", fps=10, features={"observation.image": {"dtype": "image",
+                "shape": (96, 96, 3), "names": ["height", "width", "channels"]}, "observation.state": {...},
+                "action": {"dtype": "float32", "shape": (2,), "names": None}})
+        for t in range(T): w.add_frame({"observation.image": img, "observation.state": s, "action": a}, task)
+        w.save_episode(); ...; w.finalize()
+    """
+
+    def __init__(self, root, fps, features, robot_type=None, use_videos=False, video_codec="libx264"):
+        self.root = Path(root)
+        self.fps, self.use_videos, self.video_codec = fps, use_videos, video_codec
+        feats = {k: dict(v, shape=list(v["shape"])) for k, v in features.items() if k not in DEFAULT_FEATURES}
+        for k, f in feats.items():
+            if f["dtype"] in CAMERA_DTYPES:
+                f["dtype"] = "video" if use_videos else "image"
+                f.setdefault("names", ["height", "width", "channels"])
+                if use_videos and (f["shape"][0] % 2 or f["shape"][1] % 2):
+                    raise ValueError(f"{k}: yuv420p video needs even height/width, got {f['shape']}; use_videos=False")
+                if use_videos:
+                    f["info"] = {"video.height": f["shape"][0], "video.width": f["shape"][1], "video.codec": "h264",
+                                 "video.pix_fmt": "yuv420p", "video.is_depth_map": False, "video.fps": fps,
+                                 "video.channels": 3, "has_audio": False}
+        self.features = feats | DEFAULT_FEATURES
+        self.stats_parts, self.new_episodes, self.buffer = [], [], []
+        self.episode_file = (0, 0)
+        if (self.root / "meta/info.json").exists():
+            self._resume()
+        else:
+            if self.root.exists() and any(self.root.iterdir()):
+                raise FileExistsError(f"{self.root} is not empty and has no meta/info.json; pick an empty/new folder")
+            self.info = {"codebase_version": CODEBASE_VERSION, "robot_type": robot_type, "total_episodes": 0,
+                         "total_frames": 0, "total_tasks": 0, "chunks_size": CHUNKS_SIZE,
+                         "data_files_size_in_mb": DATA_FILE_MB, "video_files_size_in_mb": VIDEO_FILE_MB, "fps": fps,
+                         "splits": {}, "data_path": DATA_PATH, "video_path": VIDEO_PATH if use_videos else None,
+                         "features": self.features}
+            self.tasks, self.data_file = {}, (0, 0)
+        self.video_keys = [k for k, f in self.features.items() if f["dtype"] == "video"]
+        self.image_keys = [k for k, f in self.features.items() if f["dtype"] == "image"]
+        self.data_writer, self.videos = None, {}  # open parquet writer; key -> [container, stream, frames, bytes]
+        self.video_file = dict.fromkeys(self.video_keys, self.data_file)
+
+    def _resume(self):
+        meta = LeRobotDatasetMetadata(self.root)
+        if meta.version != CODEBASE_VERSION:
+            raise ValueError(f"{self.root} is {meta.version}; appending needs v3.0. Convert it with lerobot first")
+        same = {k: (f["dtype"], list(f["shape"])) for k, f in meta.features.items()}
+        if meta.fps != self.fps or same != {k: (f["dtype"], f["shape"]) for k, f in self.features.items()}:
+            raise ValueError(f"cannot append to {self.root}: fps/features differ ({meta.fps} vs {self.fps}; "
+                             f"{same} vs features given); write a new dataset instead")
+        self.info, self.tasks = meta.info, {v: k for k, v in meta.tasks.items()}
+        self.stats_parts = [meta.stats]  # existing totals merge with the new episodes' stats
+        last = meta.episodes[-1]
+        self.data_file = self._next(last["data/chunk_index"], last["data/file_index"])
+        video_files = [(e[f"videos/{k}/chunk_index"], e[f"videos/{k}/file_index"])
+                       for e in meta.episodes for k in meta.video_keys]
+        self.data_file = max([self.data_file] + [self._next(*v) for v in video_files])
+        self.episode_file = self._next(*max((e["meta/episodes/chunk_index"], e["meta/episodes/file_index"])
+                                            for e in meta.episodes))
+
+    @staticmethod
+    def _next(chunk, file):
+        return (chunk + 1, 0) if file + 1 >= CHUNKS_SIZE else (chunk, file + 1)
+
+    def add_frame(self, frame, task):
+        """Buffer one timestep. frame: {feature: value}, images uint8 (H, W, 3); task: instruction string."""
+        missing = set(self.features) - set(DEFAULT_FEATURES) - set(frame)
+        extra = set(frame) - set(self.features)
+        if missing or extra:
+            raise KeyError(f"frame keys mismatch the features: missing {sorted(missing)}, unexpected {sorted(extra)}")
+        for k, v in frame.items():
+            f = self.features[k]
+            v = np.asarray(v)
+            if f["dtype"] in CAMERA_DTYPES and (v.dtype != np.uint8 or list(v.shape) != f["shape"]):
+                raise ValueError(f"{k}: expected uint8 {f['shape']} (H, W, C), got {v.dtype} {list(v.shape)}")
+            if f["dtype"] not in CAMERA_DTYPES and k not in DEFAULT_FEATURES:
+                if v.size != np.prod(f["shape"]):
+                    raise ValueError(f"{k}: expected shape {f['shape']}, got {list(v.shape)}")
+                if v.dtype.kind == "f" and not np.isfinite(v).all():
+                    raise ValueError(f"{k} contains NaN/inf at frame {len(self.buffer)}: {v}; fix the policy/expert")
+        self.buffer.append((frame, task))
+
+    def save_episode(self):
+        """Write the buffered frames as one episode (a parquet row group + video frames) and its stats."""
+        if not self.buffer:
+            raise RuntimeError("save_episode() with no frames; call add_frame() first")
+        n, ep_idx, start = len(self.buffer), self.info["total_episodes"], self.info["total_frames"]
+        tasks = list(dict.fromkeys(t for _, t in self.buffer))
+        for t in tasks:
+            self.tasks.setdefault(t, len(self.tasks))
+        cols = {k: np.stack([np.asarray(fr[k]) for fr, _ in self.buffer]) for k in self.features if k not in DEFAULT_FEATURES}
+        cols["timestamp"] = np.array([fr.get("timestamp", i / self.fps) for i, (fr, _) in enumerate(self.buffer)], np.float32)
+        cols["frame_index"] = np.arange(n)
+        cols["episode_index"] = np.full(n, ep_idx)
+        cols["index"] = np.arange(start, start + n)
+        cols["task_index"] = np.array([self.tasks[t] for _, t in self.buffer])
+        ep = {"episode_index": ep_idx, "tasks": tasks, "length": n, "data/chunk_index": self.data_file[0],
+              "data/file_index": self.data_file[1], "dataset_from_index": start, "dataset_to_index": start + n}
+        arrays = {}
+        for k, f in self.features.items():
+            x = cols[k]
+            if f["dtype"] == "image":
+                arrays[k] = pa.array([{"bytes": _encode_png(img), "path": None} for img in x],
+                                     pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+            elif f["dtype"] != "video":
+                x = x.astype(f["dtype"]).reshape(n, *f["shape"])
+                arrays[k] = pa.array(x.reshape(n)) if f["shape"] == [1] else _numpy_to_arrow(x)
+        for k in self.video_keys:
+            ep.update(self._encode_video(k, cols[k]))
+        ep_stats = {k: compute_stats(x, self.features[k]["dtype"] in CAMERA_DTYPES) for k, x in cols.items()}
+        ep.update({f"stats/{k}/{s}": v.tolist() for k, d in ep_stats.items() for s, v in d.items()})
+        ep["meta/episodes/chunk_index"], ep["meta/episodes/file_index"] = self.episode_file
+        self._write_data(pa.table(arrays))
+        self.stats_parts.append(ep_stats)
+        self.new_episodes.append(ep)
+        self.info["total_episodes"] += 1
+        self.info["total_frames"] += n
+        self.buffer = []
+
+    def _write_data(self, table):
+        path = self.root / DATA_PATH.format(chunk_index=self.data_file[0], file_index=self.data_file[1])
+        if self.data_writer is None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            hf = {"info": {"features": {k: _hf_feature(f) for k, f in self.features.items() if f["dtype"] != "video"}}}
+            schema = table.schema.with_metadata({"huggingface": json.dumps(hf)})
+            self.data_writer = pq.ParquetWriter(path, schema)
+        self.data_writer.write_table(table)  # one row group per episode, like lerobot
+        if path.stat().st_size > DATA_FILE_MB * 2**20:
+            self.data_writer.close()
+            self.data_writer, self.data_file = None, self._next(*self.data_file)
+
+    def _encode_video(self, key, frames):
+        """Append frames (n, H, W, 3) uint8 to the key's open mp4; returns the episode's video metadata."""
+        if key not in self.videos:
+            c, f = self.video_file[key]
+            path = self.root / VIDEO_PATH.format(video_key=key, chunk_index=c, file_index=f)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            container = av.open(str(path), "w")
+            # g=2: a keyframe every 2 frames keeps random access cheap for lerobot's seeking readers
+            stream = container.add_stream(self.video_codec, rate=self.fps, options={"g": "2", "crf": "18"})
+            stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+            self.videos[key] = [container, stream, 0, 0]
+        v = self.videos[key]
+        container, stream, t0 = v[0], v[1], v[2]
+        for img in frames:
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts, frame.time_base = v[2], Fraction(1, self.fps)
+            for packet in stream.encode(frame):
+                v[3] += packet.size
+                container.mux(packet)
+            v[2] += 1
+        meta = {f"videos/{key}/chunk_index": self.video_file[key][0], f"videos/{key}/file_index": self.video_file[key][1],
+                f"videos/{key}/from_timestamp": t0 / self.fps, f"videos/{key}/to_timestamp": v[2] / self.fps}
+        if v[3] > VIDEO_FILE_MB * 2**20:
+            self._close_video(key)
+            self.video_file[key] = self._next(*self.video_file[key])
+        return meta
+
+    def _close_video(self, key):
+        container, stream = self.videos.pop(key)[:2]
+        for packet in stream.encode():  # flush the encoder's delayed frames
+            container.mux(packet)
+        container.close()
+
+    def finalize(self):
+        """Close files and write meta/ (episodes, tasks, info, stats). The dataset is readable after this."""
+        if self.buffer:
+            raise RuntimeError(f"{len(self.buffer)} frames were added but not saved; call save_episode() first")
+        if self.data_writer is not None:
+            self.data_writer.close()
+            self.data_writer = None
+        for key in list(self.videos):
+            self._close_video(key)
+        if self.new_episodes:
+            path = self.root / EPISODES_PATH.format(chunk_index=self.episode_file[0], file_index=self.episode_file[1])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(pa.Table.from_pylist(self.new_episodes), path)
+            self.new_episodes, self.episode_file = [], self._next(*self.episode_file)
+        names = list(self.tasks)
+        pandas_meta = {"index_columns": ["__index_level_0__"], "column_indexes": [], "columns": [
+            {"name": "task_index", "field_name": "task_index", "pandas_type": "int64", "numpy_type": "int64", "metadata": None},
+            {"name": None, "field_name": "__index_level_0__", "pandas_type": "unicode", "numpy_type": "object", "metadata": None}],
+            "attributes": {}, "creator": {"library": "pyarrow", "version": pa.__version__}}
+        tasks = pa.table({"task_index": pa.array([self.tasks[t] for t in names], pa.int64()), "__index_level_0__": names})
+        pq.write_table(tasks.replace_schema_metadata({"pandas": json.dumps(pandas_meta)}), self.root / "meta/tasks.parquet")
+        self.info["total_tasks"] = len(self.tasks)
+        self.info["splits"] = {"train": f"0:{self.info['total_episodes']}"}
+        _write_json(self.info, self.root / "meta/info.json")
+        _write_json({k: {s: np.asarray(v).tolist() for s, v in d.items()} for k, d in aggregate_stats(self.stats_parts).items()},
+                    self.root / "meta/stats.json")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.buffer = []  # an unfinished episode is dropped; saved ones stay readable
+        self.finalize()
+
+
+def _hf_feature(f):
+    """The `datasets` feature spec lerobot stores in parquet metadata (so HF tools read our files)."""
+    if f["dtype"] == "image":
+        return {"_type": "Image"}
+    if f["shape"] == [1]:
+        return {"dtype": f["dtype"], "_type": "Value"}
+    if len(f["shape"]) == 1:
+        return {"feature": {"dtype": f["dtype"], "_type": "Value"}, "length": f["shape"][0], "_type": "List"}
+    return {"shape": f["shape"], "dtype": f["dtype"], "_type": f"Array{len(f['shape'])}D"}
+
+
+# -----------------------------------------------------------------------------
+# model batches: images (B, cams, 3, H, W) uint8, proprio (B, D), instruction list[str],
+# action (B, chunk, A) with action_is_pad (B, chunk)
+
+
+def augment_batch(images, crop_scale=(0.8, 1.0), crop_ratio=(3 / 4, 4 / 3), max_rotate_deg=5.0, max_translate=0.05,
+                  brightness=0.2, contrast=0.2, saturation=0.2, generator=None):
+    """RandomResizedCrop + small RandomAffine + ColorJitter for a whole batch, in plain torch.
+
+    images (B, N, 3, H, W) uint8 or float [0,1] -> same shape and dtype, each image augmented independently.
+    Crop, rotation and shift are one affine map per image, so the batch is resampled by a single
+    grid_sample call (Spatial Transformer, Jaderberg 2015); brightness, contrast and saturation are
+    linear in RGB, so they fold into one 3x3 matrix + offset per image (one bmm instead of ~15 passes).
+    """
+    B, N, C, H, W = images.shape
+    M, dev = B * N, images.device
+    x = images.reshape(M, C, H, W).float()
+    x = x / 255.0 if images.dtype == torch.uint8 else x
+
+    def u(lo, hi):  # (M,) uniform samples
+        return (torch.rand(M, generator=generator) * (hi - lo) + lo).to(dev)
+
+    # RandomResizedCrop: the crop covers `area` of the image with aspect `ratio`; in grid_sample's
+    # normalized coords [-1, 1] a crop of relative size (sw, sh) centred at (cx, cy) is x' = sw*x + cx.
+    area, ratio = u(*crop_scale), torch.exp(u(np.log(crop_ratio[0]), np.log(crop_ratio[1])))
+    sw, sh = torch.sqrt(area * ratio).clamp(max=1.0), torch.sqrt(area / ratio).clamp(max=1.0)
+    cx = (1 - sw) * u(-1, 1) + 2 * u(-max_translate, max_translate)
+    cy = (1 - sh) * u(-1, 1) + 2 * u(-max_translate, max_translate)
+    a = torch.deg2rad(u(-max_rotate_deg, max_rotate_deg))
+    theta = torch.stack([sw * torch.cos(a), -sh * torch.sin(a), cx, sw * torch.sin(a), sh * torch.cos(a), cy], 1)
+    if not (theta - torch.tensor([1.0, 0, 0, 0, 1, 0], device=dev)).abs().max() == 0:  # skip exact identity
+        # affine_grid by broadcasting (3x faster than its bmm on CPU): pixel centres in [-1, 1]
+        px, py = (torch.arange(W, device=dev) * 2 + 1) / W - 1, (torch.arange(H, device=dev) * 2 + 1) / H - 1
+        th, grid = theta.view(M, 6, 1), torch.empty(M, H, W, 2, device=dev)  # grid (M, H, W, 2) = theta @ (x, y, 1)
+        torch.add((th[:, 0] * px)[:, None, :], (th[:, 1] * py + th[:, 2])[:, :, None], out=grid[..., 0])
+        torch.add((th[:, 3] * px)[:, None, :], (th[:, 4] * py + th[:, 5])[:, :, None], out=grid[..., 1])
+        x = torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    # ColorJitter as y = A x + t: brightness b scales; contrast c pulls toward the mean gray m;
+    # saturation s pulls each pixel toward its gray L.x (ITU-R 601 luma L, as torchvision).
+    b, c, s = u(1 - brightness, 1 + brightness), u(1 - contrast, 1 + contrast), u(1 - saturation, 1 + saturation)
+    luma = torch.tensor([0.299, 0.587, 0.114], device=dev)
+    m = torch.einsum("c,mc->m", luma, x.mean((2, 3)))  # (M,) mean gray
+    sat = s.view(M, 1, 1) * torch.eye(3, device=dev) + (1 - s).view(M, 1, 1) * luma.view(1, 1, 3)  # (M, 3, 3)
+    A = sat * (b * c).view(M, 1, 1)
+    t = ((1 - c) * b * m).view(M, 1)  # rows of sat sum to 1, so the contrast offset passes through unchanged
+    x = (torch.bmm(A, x.reshape(M, C, H * W)) + t.unsqueeze(-1)).clamp_(0, 1).view(B, N, C, H, W)
+    return (x * 255 + 0.5).to(torch.uint8) if images.dtype == torch.uint8 else x.to(images.dtype)
+
+
+class ManipulationDataset(torch.utils.data.Dataset):
+    """LeRobot frames -> the model's batch convention (see contract). Sample i is frame i of the dataset:
+        observation at t -> images (cams, 3, H, W) uint8, proprio (D,)
+        actions t .. t+chunk-1 -> action (chunk, A), action_is_pad (chunk,) True past the episode end
+    Batches are gathered with numpy fancy indexing (get_batch), so use create_dataloader below."""
+
+    def __init__(self, lerobot_dataset_or_path, image_keys, state_key="observation.state", action_key="action",
+                 chunk_size=16, instruction=None, augment=False, depth_keys=None, episodes=None):
+        ds = lerobot_dataset_or_path
+        if not isinstance(ds, LeRobotDataset):
+            ds = LeRobotDataset(ds, episodes=episodes, camera_keys=list(image_keys))
+        for key in [action_key, state_key, *image_keys, *(depth_keys or [])]:
+            if key is not None and key not in ds.features:
+                raise KeyError(f"{key!r} is not a feature of {ds.root}; it has {sorted(ds.features)}")
+        self.ds, self.image_keys, self.depth_keys = ds, list(image_keys), list(depth_keys or [])
+        self.state_key, self.action_key, self.instruction, self.augment = state_key, action_key, instruction, augment
+        self.images = [ds.camera(k) for k in self.image_keys]  # raises now if a video is missing
+        self.offsets = np.arange(chunk_size)
+
+    def __len__(self):
+        return len(self.ds)
+
+    def get_batch(self, idx):
+        """idx (B,) ints -> batch dict in the model convention."""
+        idx = np.asarray(idx)
+        ds = self.ds
+        batch = {}
+        if self.image_keys:  # (B, N, H, W, 3) -> (B, N, 3, H, W)
+            batch["images"] = torch.from_numpy(np.stack([im[idx] for im in self.images], 1)).permute(0, 1, 4, 2, 3)
+            batch["images"] = augment_batch(batch["images"]) if self.augment else batch["images"].contiguous()
+        if self.depth_keys:
+            d = np.stack([np.asarray(ds.columns[k][idx], np.float32) for k in self.depth_keys], 1)  # (B, N, H, W, 1)
+            batch["depth"] = torch.from_numpy(d).permute(0, 1, 4, 2, 3)
+        if self.state_key is not None:
+            batch["proprio"] = torch.from_numpy(ds.columns[self.state_key][idx].astype(np.float32))
+        rows, pad = ds.window(idx, self.offsets)
+        batch["action"] = torch.from_numpy(ds.columns[self.action_key][rows].astype(np.float32))  # (B, chunk, A)
+        batch["action_is_pad"] = torch.from_numpy(pad)
+        tasks = ds.columns["task_index"][idx]
+        batch["instruction"] = [self.instruction or ds.meta.tasks[int(t)] for t in tasks]
+        return batch
+
+    def __getitem__(self, i):
+        """An int -> one sample (no batch dim); a list of ints -> a batch (what create_dataloader asks for)."""
+        if np.ndim(i) == 1:
+            return self.get_batch(i)
+        return {k: v[0] for k, v in self.get_batch([i]).items()}
+
+
+def create_dataloader(dataset, batch_size, shuffle=True, num_workers=0, drop_last=True, seed=None, pin_memory=False):
+    """DataLoader that fetches whole batches at once (ManipulationDataset.get_batch: one numpy gather per key,
+    augmentation on the whole batch) instead of B __getitem__ calls + collate."""
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    base = torch.utils.data.RandomSampler(dataset, generator=gen) if shuffle else torch.utils.data.SequentialSampler(dataset)
+    kw = dict(num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0)
+    if not hasattr(dataset, "get_batch"):  # e.g. a plain LeRobotDataset: per-item path
+        return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=base, drop_last=drop_last, **kw)
+    sampler = torch.utils.data.BatchSampler(base, batch_size, drop_last)
+    return torch.utils.data.DataLoader(dataset, sampler=sampler, batch_size=None, **kw)
+
+
+def frame_to_model_input(frame, image_keys, state_key="observation.state", instruction=None):
+    """A live env frame {key: uint8 (H, W, 3) / float (D,)} -> one sample (no batch dim) like ManipulationDataset."""
+    out = {"images": torch.stack([torch.from_numpy(np.ascontiguousarray(frame[k])).permute(2, 0, 1) for k in image_keys])}
+    if out["images"].dtype != torch.uint8:
+        raise ValueError(f"images {image_keys} must be uint8 (H, W, 3) like the dataset, got {out['images'].dtype}")
+    if state_key is not None:
+        out["proprio"] = torch.as_tensor(np.asarray(frame[state_key], np.float32))
+    if instruction is not None:
+        out["instruction"] = instruction
+    return out
+
+
+def add_batch_dim(sample):
+    """One sample -> a batch of 1 (tensors unsqueezed, strings wrapped in a list)."""
+    return {k: [v] if isinstance(v, str) else v.unsqueeze(0) for k, v in sample.items()}
+
+
+if __name__ == "__main__":
+    # record expert demonstrations: python data.py --task=pusht --episodes=200 --out=data/pusht
+    import argparse
+
+    p = argparse.ArgumentParser(description="Record simulator expert demonstrations as a LeRobot v3.0 dataset")
+    p.add_argument("--task", default="pusht")
+    p.add_argument("--episodes", type=int, default=200)
+    p.add_argument("--out", default="data/pusht")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num_workers", type=int, default=2)
+    p.add_argument("--video", type=lambda s: s.lower() in ("1", "true", "yes"), default=False)
+    args = p.parse_args()
+    import envs
+
+    envs.record_demonstrations(args.task, args.episodes, args.out, args.seed, args.num_workers, args.video)

@@ -1,0 +1,456 @@
+"""
+nanoVLA: a Vision-Language-Action policy, images + instruction + proprioception -> action chunk.
+
+    images (B, cams, 3, H, W) --vision encoder + projector--> (B, cams*Ni, D)  image tokens
+    instruction list[str]     --tokenizer + LM embeddings-->  (B, L, D)        text tokens (once per episode)
+    proprio (B, P)            --normalize + MLP-->            (B, 1, D)        proprio token
+    sequence = [text L][image tokens][depth tokens][proprio 1][readout K]
+        --causal LM (Qwen2)--> hidden states --action head--> (B, T, A) in [-1, 1] --un-normalize--> raw
+
+The language model sees image tokens projected into its embedding space next to the instruction
+(LLaVA, Liu et al. 2023); learned readout tokens at the end attend to everything and summarize the
+observation for the action head (Octo, Team et al. 2024). The LM is causal, so the text prefix does
+not depend on the observation: its embeddings are computed once per episode (encode_instruction)
+and the per-step part, `act`, is a pure function of tensors (TorchScript-traceable).
+
+Two kinds of backbone behind the same fields:
+  offline (default): 'cnn' or 'tiny-siglip' + 'tiny-qwen2', small models built from config with the
+      same Hugging Face classes a real run uses, and a byte tokenizer. No download, CPU-friendly.
+  pretrained: a hub id or local folder, e.g. vision_encoder='google/siglip-base-patch16-224',
+      vlm_backbone='Qwen/Qwen2-0.5B-Instruct', loaded with from_pretrained; freeze_vision /
+      freeze_llm freeze them and use_lora trains low-rank adapters (Hu et al. 2022) via peft.
+
+Normalization statistics are buffers, so they travel inside model.safetensors (diffusion policy
+keeps its normalizer in the policy the same way): actions min/max -> [-1, 1], proprio mean/std,
+images uint8 -> [0, 1] -> per-channel mean/std of the encoder.
+"""
+import json
+import math
+import os
+import shutil
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from heads import (DiffusionActionHead, FlowMatchingActionHead, GaussianActionHead, MLPActionHead,
+                   TransformerActionHead)
+
+FORMAT_VERSION = 1  # of config.json + model.safetensors; bump when the layout changes
+HEAD_TYPES = ("mlp", "gaussian", "diffusion", "flow", "transformer")
+
+
+@dataclass
+class ManipulationVLAConfig:
+    # backbones: offline names are built from config, anything else is a hub id or a local folder
+    vlm_backbone: str = "tiny-qwen2"  # 'tiny-qwen2' | causal LM hub id/folder, e.g. Qwen/Qwen2-0.5B-Instruct
+    vision_encoder: str = "cnn"  # 'cnn' | 'tiny-siglip' | SigLIP hub id/folder, e.g. google/siglip-base-patch16-224
+    image_size: int = 96  # dataset images are image_size x image_size
+    num_cameras: int = 1
+    use_depth: bool = False  # a small CNN encodes (B, cams, 1, H, W) depth into extra tokens
+    use_proprioception: bool = True
+    proprioception_dim: int = 2
+    action_dim: int = 2
+    action_type: str = "continuous"  # 'continuous' (the only kind; discrete RT-2 style bins are not built)
+    action_head_type: str = "mlp"  # 'mlp' | 'gaussian' | 'diffusion' | 'flow' | 'transformer'
+    action_chunk_size: int = 16  # actions predicted per observation
+    diffusion_steps: int = 100  # training chain length T
+    diffusion_schedule: str = "cosine"  # 'cosine' | 'linear'
+    freeze_vision: bool = False
+    freeze_llm: bool = False
+    use_lora: bool = False  # low-rank adapters on the LM's attention + MLP (needs freeze_llm=True)
+    lora_r: int = 8
+    lora_alpha: int = 16
+    # inference of the generative heads
+    diffusion_inference_steps: int = 10
+    diffusion_sampler: str = "ddim"  # 'ddim' | 'ddpm'
+    diffusion_prediction: str = "epsilon"  # 'epsilon' | 'sample'
+    flow_steps: int = 10  # Euler steps of the flow head
+    # sizes of the offline default (ignored by pretrained backbones where they do not apply)
+    hidden_size: int = 128  # tiny-qwen2 width
+    num_layers: int = 2  # tiny-qwen2 depth
+    num_heads: int = 4  # tiny-qwen2 attention heads
+    cnn_width: int = 16  # cnn channels: w, w, 2w, 4w (4 stride-2 convs: 96 px -> 6x6 features)
+    vision_grid: int = 3  # cnn feature map pooled to grid x grid tokens (+ 1 spatial-softmax token)
+    num_readout_tokens: int = 4
+    max_text_tokens: int = 64  # longer instructions are truncated
+    head_hidden_dim: int = 256  # mlp / gaussian heads
+    denoiser_dim: int = 128  # diffusion / flow denoiser channels and the transformer head's width
+    regression_loss: str = "l1"  # 'l1' | 'mse' for the mlp and transformer heads
+
+    def __post_init__(self):
+        """Validate right after construction, naming the fix."""
+        if self.action_head_type not in HEAD_TYPES:
+            raise ValueError(f"action_head_type must be one of {HEAD_TYPES}, got {self.action_head_type!r}")
+        if self.action_type != "continuous":
+            raise ValueError(f"action_type={self.action_type!r}: only 'continuous' actions are implemented")
+        if self.use_lora and not self.freeze_llm:
+            raise ValueError("use_lora=True trains low-rank adapters INSTEAD of the LM weights: set freeze_llm=True "
+                             "as well (or use_lora=False to fine-tune all LM weights)")
+        if self.num_cameras < 1 or self.num_readout_tokens < 1:
+            raise ValueError("num_cameras and num_readout_tokens must be >= 1")
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as tokens (as ByT5, Xue et al. 2022): no vocabulary file, no download.
+    id 0 = padding, ids 1..256 = byte + 1. Pads on the LEFT so that the text prefix ends right where
+    the observation tokens start."""
+    vocab_size = 257
+
+    def __init__(self, max_length=64):
+        self.max_length = max_length
+
+    def __call__(self, texts):
+        """list[str] -> input_ids (B, L) long, attention_mask (B, L) long."""
+        rows = [[b + 1 for b in s.encode("utf-8")[:self.max_length]] for s in texts]
+        L = max((len(r) for r in rows), default=0)
+        ids = torch.zeros(len(rows), L, dtype=torch.long)
+        mask = torch.zeros(len(rows), L, dtype=torch.long)
+        for i, r in enumerate(rows):
+            if r:
+                ids[i, L - len(r):] = torch.tensor(r)
+                mask[i, L - len(r):] = 1
+        return ids, mask
+
+
+class ConvEncoder(nn.Module):
+    """A compact CNN: (B, C, H, W) -> (B, grid*grid + 1, 4w) tokens. Four stride-2 3x3 convs with
+    GroupNorm (batch-size independent, and unlike BatchNorm it is safe with EMA weights, Chi et al. 2023),
+    then the feature map average-pooled to a grid of tokens plus one token of spatial-softmax keypoints:
+    each channel's expected (x, y) location, which keeps positions precise (Levine et al. 2016)."""
+
+    def __init__(self, in_channels, width=16, grid=3):
+        super().__init__()
+        chans = [in_channels, width, width, 2 * width, 4 * width]
+        layers = []
+        for cin, cout in zip(chans[:-1], chans[1:]):
+            layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.GroupNorm(math.gcd(8, cout), cout), nn.GELU()]
+        self.convs = nn.Sequential(*layers)
+        self.grid, self.out_dim = grid, chans[-1]
+        self.keypoint_proj = nn.Linear(2 * chans[-1], chans[-1])
+
+    def forward(self, x):
+        f = self.convs(x)  # (B, C, h, w)
+        tokens = F.adaptive_avg_pool2d(f, self.grid).flatten(2).transpose(1, 2)  # (B, g*g, C)
+        B, C, h, w = f.shape
+        attn = f.flatten(2).softmax(dim=-1)  # (B, C, h*w): where each channel fires
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, h, device=x.device), torch.linspace(-1, 1, w, device=x.device),
+                                indexing="ij")
+        kp = torch.stack([(attn * xs.reshape(-1)).sum(-1), (attn * ys.reshape(-1)).sum(-1)], dim=-1)  # (B, C, 2)
+        return torch.cat([tokens, self.keypoint_proj(kp.flatten(1)).unsqueeze(1)], dim=1)
+
+
+class SiglipEncoder(nn.Module):
+    """SigLIP vision tower (Zhai et al. 2023): (B, 3, H, W) -> (B, patches, D) patch tokens.
+    Images are resized to the tower's input size (its position embeddings are fixed)."""
+
+    def __init__(self, tower):
+        super().__init__()
+        self.tower = tower
+        self.input_size, self.out_dim = tower.config.image_size, tower.config.hidden_size
+
+    def forward(self, x):
+        if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
+        return self.tower(pixel_values=x).last_hidden_state
+
+
+def hf_from_pretrained(cls, name, **kwargs):
+    """cls.from_pretrained(name) with an error that says how to work without the hub."""
+    try:
+        return cls.from_pretrained(name, **kwargs)
+    except (OSError, ValueError) as e:
+        raise OSError(f"could not load '{name}' with {cls.__name__}.from_pretrained ({type(e).__name__}: {e}).\n"
+                      f"Without hub access, download it on a connected machine "
+                      f"(`huggingface-cli download {name} --local-dir DIR`), copy DIR here and pass the local "
+                      f"folder instead (e.g. --vlm_backbone=DIR or --vision_encoder=DIR); or use the offline "
+                      f"defaults vlm_backbone='tiny-qwen2', vision_encoder='cnn' | 'tiny-siglip'.") from e
+
+
+def build_llm(cfg, saved_config=None):
+    """The causal LM body (no LM head): -> (model, tokenizer or None for the byte tokenizer)."""
+    from transformers import AutoConfig, AutoModel, Qwen2Config, Qwen2Model
+    if saved_config is not None:  # from our checkpoint: architecture only, weights come from model.safetensors
+        return AutoModel.from_config(AutoConfig.for_model(**saved_config))
+    if cfg.vlm_backbone == "tiny-qwen2":
+        return Qwen2Model(Qwen2Config(vocab_size=ByteTokenizer.vocab_size, hidden_size=cfg.hidden_size,
+                                      intermediate_size=2 * cfg.hidden_size, num_hidden_layers=cfg.num_layers,
+                                      num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_heads,
+                                      max_position_embeddings=1024, pad_token_id=0))
+    return hf_from_pretrained(AutoModel, cfg.vlm_backbone, dtype=torch.float32)
+
+
+def build_tokenizer(cfg, saved_dir=None):
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    if cfg.vlm_backbone == "tiny-qwen2":
+        return ByteTokenizer(cfg.max_text_tokens)
+    name = saved_dir or cfg.vlm_backbone
+    cls = AutoTokenizer
+    tok_config = os.path.join(name, "tokenizer_config.json")
+    if os.path.isfile(tok_config):  # a plain tokenizer.json: AutoTokenizer (v5) would guess the LM's class instead
+        with open(tok_config) as f:
+            if json.load(f).get("tokenizer_class") in ("TokenizersBackend", "PreTrainedTokenizerFast"):
+                cls = PreTrainedTokenizerFast
+    tok = hf_from_pretrained(cls, name)
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def build_vision(cfg, saved_config=None):
+    """-> (encoder module with .out_dim, per-channel image mean, std)."""
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+    if cfg.vision_encoder == "cnn":
+        return ConvEncoder(3, cfg.cnn_width, cfg.vision_grid), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+    if saved_config is not None:
+        tower = SiglipVisionModel(SiglipVisionConfig(**saved_config))
+    elif cfg.vision_encoder == "tiny-siglip":
+        tower = SiglipVisionModel(SiglipVisionConfig(hidden_size=cfg.hidden_size, intermediate_size=2 * cfg.hidden_size,
+                                                     num_hidden_layers=2, num_attention_heads=cfg.num_heads,
+                                                     image_size=cfg.image_size, patch_size=16, vision_use_head=False))
+    else:
+        tower = hf_from_pretrained(SiglipVisionModel, cfg.vision_encoder, dtype=torch.float32)
+    if tower.config.vision_use_head:  # the attention-pooling head is unused (we keep the patch tokens)
+        inner = getattr(tower, "vision_model", tower)  # transformers 4 wraps the transformer, 5 does not
+        inner.head, inner.use_head = None, False
+        tower.config.vision_use_head = False
+    return SiglipEncoder(tower), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)  # SigLIP's processor normalization
+
+
+def as_tensor(x, name):
+    if x is None:
+        raise ValueError(f"normalization statistics lack '{name}'")
+    return torch.as_tensor(np.asarray(x, dtype=np.float32)).flatten()
+
+
+class ManipulationVLA(nn.Module):
+    """The policy. forward(batch) -> dict(loss, ...) for training; predict_action(batch) -> raw actions.
+    Batch convention (contract.md): images (B, cams, 3, H, W) uint8 or float in [0, 1], proprio (B, P)
+    raw, instruction list[str], action (B, T, A) raw and action_is_pad (B, T) bool for training."""
+
+    def __init__(self, config, _saved=None):
+        super().__init__()
+        cfg = self.config = config
+        saved = _saved or {}
+        self.llm = build_llm(cfg, saved.get("llm_config"))
+        self.tokenizer = build_tokenizer(cfg, saved.get("tokenizer_dir"))
+        D = self.llm.config.hidden_size
+        self.vision, mean, std = build_vision(cfg, saved.get("vision_config"))
+        self.vision_proj = nn.Linear(self.vision.out_dim, D)  # image tokens -> LM embedding space
+        self.camera_embed = nn.Parameter(torch.zeros(cfg.num_cameras, 1, D))  # which camera a token is from
+        if cfg.use_depth:
+            self.depth_encoder = ConvEncoder(1, cfg.cnn_width // 2, cfg.vision_grid)
+            self.depth_proj = nn.Linear(self.depth_encoder.out_dim, D)
+        if cfg.use_proprioception:
+            self.proprio_mlp = nn.Sequential(nn.Linear(cfg.proprioception_dim, D), nn.GELU(), nn.Linear(D, D))
+        self.readout = nn.Parameter(0.02 * torch.randn(cfg.num_readout_tokens, D))
+        self.head = self._build_head(D)
+        # normalization statistics (buffers: saved with the weights); identity until set
+        self.register_buffer("image_mean", torch.tensor(mean).view(3, 1, 1))
+        self.register_buffer("image_std", torch.tensor(std).view(3, 1, 1))
+        self.register_buffer("action_min", -torch.ones(cfg.action_dim))
+        self.register_buffer("action_max", torch.ones(cfg.action_dim))
+        self.register_buffer("proprio_mean", torch.zeros(cfg.proprioception_dim))
+        self.register_buffer("proprio_std", torch.ones(cfg.proprioception_dim))
+        self._apply_freezing_and_lora()
+
+    def _build_head(self, D):
+        cfg, T, A = self.config, self.config.action_chunk_size, self.config.action_dim
+        flat = cfg.num_readout_tokens * D  # vector heads read the flattened readout tokens
+        if cfg.action_head_type == "mlp":
+            return MLPActionHead(flat, A, T, cfg.head_hidden_dim, loss=cfg.regression_loss)
+        if cfg.action_head_type == "gaussian":
+            return GaussianActionHead(flat, A, T, cfg.head_hidden_dim)
+        if cfg.action_head_type == "diffusion":
+            return DiffusionActionHead(flat, A, T, cfg.denoiser_dim, num_train_steps=cfg.diffusion_steps,
+                                       schedule=cfg.diffusion_schedule, prediction=cfg.diffusion_prediction,
+                                       sampler=cfg.diffusion_sampler, num_inference_steps=cfg.diffusion_inference_steps)
+        if cfg.action_head_type == "flow":
+            return FlowMatchingActionHead(flat, A, T, cfg.denoiser_dim, num_steps=cfg.flow_steps)
+        return TransformerActionHead(D, A, T, cfg.denoiser_dim, loss=cfg.regression_loss)  # reads all obs tokens
+
+    def _apply_freezing_and_lora(self):
+        """Freeze pretrained parts; LoRA adds trainable low-rank updates W + (alpha/r) B A to the LM's
+        projections while W stays frozen (Hu et al. 2022). Projector, readouts and head always train."""
+        cfg = self.config
+        if cfg.use_lora:
+            from peft import LoraConfig, inject_adapter_in_model
+            lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+                              target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+            self.llm = inject_adapter_in_model(lora, self.llm)
+        if cfg.freeze_llm:
+            for name, p in self.llm.named_parameters():
+                p.requires_grad_("lora_" in name)
+        if cfg.freeze_vision:
+            self.vision.requires_grad_(False)
+
+    # ------------------------------------------------------------------------- normalization
+    def set_normalization_stats(self, stats):
+        """stats = {"observation.state": {"mean", "std", ...}, "action": {"min", "max", ...}} (meta/stats.json)."""
+        a = stats["action"]
+        for name, value in (("action_min", a.get("min")), ("action_max", a.get("max"))):
+            self._set_buffer(name, as_tensor(value, f"action.{name[7:]}"))
+        if self.config.use_proprioception:
+            s = stats["observation.state"]
+            self._set_buffer("proprio_mean", as_tensor(s.get("mean"), "observation.state.mean"))
+            self._set_buffer("proprio_std", as_tensor(s.get("std"), "observation.state.std"))
+
+    def _set_buffer(self, name, value):
+        buf = getattr(self, name)
+        if value.shape != buf.shape:
+            raise ValueError(f"statistics for {name} have shape {tuple(value.shape)} but the model expects "
+                             f"{tuple(buf.shape)}: check action_dim / proprioception_dim against the dataset")
+        buf.copy_(value)
+
+    def normalize_action(self, a):  # raw -> [-1, 1]
+        return 2 * (a - self.action_min) / (self.action_max - self.action_min).clamp(min=1e-6) - 1
+
+    def unnormalize_action(self, a):  # [-1, 1] -> raw
+        return (a + 1) / 2 * (self.action_max - self.action_min).clamp(min=1e-6) + self.action_min
+
+    def normalize_proprio(self, p):
+        return (p - self.proprio_mean) / self.proprio_std.clamp(min=1e-6)
+
+    # ------------------------------------------------------------------------- encoders + backbone
+    def encode_instruction(self, instructions):
+        """list[str] -> cache dict(text_embeds (B, L, D), text_mask (B, L) long). Compute it once per
+        episode and pass it to predict_action: the text prefix never depends on the observation."""
+        if isinstance(self.tokenizer, ByteTokenizer):
+            ids, mask = self.tokenizer(instructions)
+        else:
+            enc = self.tokenizer(list(instructions), padding=True, truncation=True,
+                                 max_length=self.config.max_text_tokens, return_tensors="pt")
+            ids, mask = enc["input_ids"], enc["attention_mask"]
+        emb = self.llm.get_input_embeddings()
+        return dict(text_embeds=emb(ids.to(emb.weight.device)), text_mask=mask.to(emb.weight.device))
+
+    def _image_tokens(self, images, depth=None):
+        """(B, cams, 3, H, W) uint8/float -> (B, cams*Ni, D) tokens (+ depth tokens)."""
+        if images.dim() == 4:  # a single camera without its axis
+            images = images.unsqueeze(1)
+        B, cams = images.shape[:2]
+        if cams != self.config.num_cameras:
+            raise ValueError(f"images have {cams} cameras, the model was built for num_cameras={self.config.num_cameras}")
+        x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+        x = (x.flatten(0, 1) - self.image_mean) / self.image_std  # (B*cams, 3, H, W)
+        tok = self.vision_proj(self.vision(x)).view(B, cams, -1, self.readout.shape[-1]) + self.camera_embed
+        tokens = [tok.flatten(1, 2)]
+        if self.config.use_depth:
+            if depth is None:
+                raise ValueError("use_depth=True but the batch has no 'depth' (B, cams, 1, H, W)")
+            d = torch.log1p(depth.float().clamp(min=0).flatten(0, 1))  # meters -> a compressed range
+            tokens.append(self.depth_proj(self.depth_encoder(d)).view(B, -1, self.readout.shape[-1]))
+        return torch.cat(tokens, dim=1)
+
+    def features(self, images, proprio, text_embeds, text_mask, depth=None):
+        """Observation + cached text -> conditioning tokens for the head: (B, K, D) readouts, or all
+        (B, No, D) observation tokens for the transformer head. A pure function of tensors."""
+        B = images.shape[0]
+        obs = [self._image_tokens(images, depth)]
+        if self.config.use_proprioception:
+            obs.append(self.proprio_mlp(self.normalize_proprio(proprio.float())).unsqueeze(1))  # (B, 1, D)
+        obs.append(self.readout.unsqueeze(0).expand(B, -1, -1))
+        obs = torch.cat(obs, dim=1)  # (B, No, D)
+        if text_embeds.shape[0] != B:  # one cached instruction for a batch of observations
+            text_embeds, text_mask = text_embeds.expand(B, -1, -1), text_mask.expand(B, -1)
+        L = text_embeds.shape[1]
+        x = torch.cat([text_embeds.to(obs.dtype), obs], dim=1)  # (B, L + No, D)
+        mask = torch.cat([text_mask, torch.ones(B, obs.shape[1], dtype=text_mask.dtype, device=obs.device)], dim=1)
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: positions count real tokens only
+        h = self.llm(inputs_embeds=x, attention_mask=mask, position_ids=position_ids).last_hidden_state
+        h = h[:, L:]  # (B, No, D) observation tokens
+        return h if self.config.action_head_type == "transformer" else h[:, -self.config.num_readout_tokens:]
+
+    # ------------------------------------------------------------------------- training / inference
+    def forward(self, batch):
+        """Training: -> dict(loss=scalar tensor, **float logs). Steps with action_is_pad are ignored."""
+        cache = self.encode_instruction(batch["instruction"])
+        cond = self.features(batch["images"], batch.get("proprio"), cache["text_embeds"], cache["text_mask"],
+                             batch.get("depth"))
+        target = self.normalize_action(batch["action"].float())
+        mask = ~batch["action_is_pad"].bool() if "action_is_pad" in batch else None
+        out = self.head.compute_loss(cond, target, mask)
+        return {k: v if k == "loss" else float(v) for k, v in out.items()}
+
+    def act(self, images, proprio, text_embeds, text_mask, depth=None):
+        """Per-step inference as a pure tensor function (what deploy.py traces) -> RAW actions (B, T, A).
+        Normalized predictions are clipped to [-1, 1], the range of the demonstrations, first."""
+        cond = self.features(images, proprio, text_embeds, text_mask, depth)
+        return self.unnormalize_action(self.head(cond)["action"].clamp(-1, 1))
+
+    @torch.no_grad()
+    def predict_action(self, batch, instruction_cache=None):
+        """batch (no action needed) -> RAW action chunk (B, T, A). Pass instruction_cache from
+        encode_instruction to skip re-tokenizing the same instruction every step."""
+        cache = instruction_cache or self.encode_instruction(batch["instruction"])
+        return self.act(batch["images"], batch.get("proprio"), cache["text_embeds"], cache["text_mask"],
+                        batch.get("depth"))
+
+    # ------------------------------------------------------------------------- checkpoints
+    def save_pretrained(self, out_dir):
+        """Write model.safetensors + config.json (+ tokenizer/ for HF tokenizers); each file goes to a
+        temp name first and is renamed, so a crash never leaves a half-written checkpoint."""
+        os.makedirs(out_dir, exist_ok=True)
+        hf = {"llm_config": self.llm.config.to_dict()}
+        if isinstance(self.vision, SiglipEncoder):
+            hf["vision_config"] = self.vision.tower.config.to_dict()
+        if not isinstance(self.tokenizer, ByteTokenizer):
+            tmp = os.path.join(out_dir, "tokenizer.tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            self.tokenizer.save_pretrained(tmp)
+            shutil.rmtree(os.path.join(out_dir, "tokenizer"), ignore_errors=True)
+            os.replace(tmp, os.path.join(out_dir, "tokenizer"))
+            hf["tokenizer_dir"] = "tokenizer"
+        tensors = {k: v.detach().cpu().contiguous().clone() for k, v in self.state_dict().items()}
+        tmp = os.path.join(out_dir, "model.safetensors.tmp")
+        save_file(tensors, tmp, metadata={"format_version": str(FORMAT_VERSION)})
+        os.replace(tmp, os.path.join(out_dir, "model.safetensors"))
+        tmp = os.path.join(out_dir, "config.json.tmp")
+        with open(tmp, "w") as f:
+            json.dump({"format_version": FORMAT_VERSION, "config": asdict(self.config), "hf": hf}, f, indent=2,
+                      default=str)
+        os.replace(tmp, os.path.join(out_dir, "config.json"))
+
+    @classmethod
+    def from_pretrained(cls, path):
+        """Load a checkpoint folder (or a hub repo id holding one). Architecture comes from config.json
+        alone (pretrained backbones are NOT re-downloaded), weights from model.safetensors, strictly."""
+        if not os.path.isdir(path):
+            from huggingface_hub import snapshot_download
+            try:
+                path = snapshot_download(path)
+            except Exception as e:  # no network, unknown repo, bad id: all mean "give me a folder"
+                raise OSError(f"'{path}' is not a local folder and could not be downloaded from the hub "
+                              f"({type(e).__name__}: {e}); pass the folder train_bc.py wrote (e.g. out/pusht)") from e
+        with open(os.path.join(path, "config.json")) as f:
+            meta = json.load(f)
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{path}/config.json has format_version {meta.get('format_version')}, "
+                             f"this model.py reads {FORMAT_VERSION}")
+        known = {f.name for f in fields(ManipulationVLAConfig)}
+        unknown = set(meta["config"]) - known
+        if unknown:
+            raise ValueError(f"{path}/config.json has unknown config fields {sorted(unknown)}: written by a newer model.py?")
+        hf = dict(meta.get("hf", {}))
+        if "tokenizer_dir" in hf:
+            hf["tokenizer_dir"] = os.path.join(path, hf["tokenizer_dir"])
+        model = cls(ManipulationVLAConfig(**meta["config"]), _saved=hf)
+        model.load_state_dict_strict(load_file(os.path.join(path, "model.safetensors")))
+        return model
+
+    def load_state_dict_strict(self, state):
+        """Copy every tensor after checking that keys and shapes match exactly; say what differs."""
+        own = self.state_dict()
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                  for k in own if k in state and state[k].shape != own[k].shape]
+        if missing or unexpected or shapes:
+            raise ValueError("checkpoint does not match the model built from its config:\n"
+                             f"  missing keys: {missing[:10]}{' ...' if len(missing) > 10 else ''}\n"
+                             f"  unexpected keys: {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}\n"
+                             f"  shape mismatches: {shapes[:10]}")
+        self.load_state_dict(state, strict=True)
