@@ -59,9 +59,10 @@ def _configurator(g, argv):
             if not k.startswith('_') and not isinstance(v, type(_os)):
                 check_and_set(k, v, path)
 
-    # --task=NAME loads config/NAME.py before anything else, wherever it appears
+    # --task=NAME loads config/NAME.py before anything else, wherever it appears (training scripts;
+    # a script like eval.py, where --task only names the simulator, sets _task_presets = False)
     for arg in argv:
-        if arg.startswith('--task='):
+        if arg.startswith('--task=') and g.get('_task_presets', True):
             task = arg.split('=', 1)[1]
             path = _os.path.join(repo_dir, 'config', f'{task}.py')
             if not _os.path.exists(path):
@@ -70,7 +71,7 @@ def _configurator(g, argv):
             load_file(path)
             check_and_set('task', task, '--task')
     for arg in argv:
-        if arg.startswith('--task='):
+        if arg.startswith('--task=') and g.get('_task_presets', True):
             continue
         if not arg.startswith('--'):
             load_file(arg)

@@ -1,0 +1,184 @@
+"""
+DAgger: Dataset Aggregation (Ross, Gordon & Bagnell 2011, "A Reduction of Imitation Learning
+and Structured Prediction to No-Regret Online Learning").
+
+    python train_dagger.py --task=pusht --init_from=out/pusht
+
+Behavior cloning trains only on states the expert visits; at test time the learner's small
+errors take it to states nobody demonstrated, where its errors grow (compounding error,
+O(T^2 eps) over a horizon T). DAgger fixes the distribution: roll out the learner, ask the
+expert what it would have done in every state the learner visited, add those labels to the
+dataset, retrain, repeat. Iteration i executes the mixture pi_i = beta_i expert + (1 - beta_i)
+learner, chosen per step, with beta_i = beta * beta_decay^i, so early rollouts stay near the
+expert's states and later ones are the learner's own (error then O(T eps)).
+
+Each iteration writes a LeRobot dataset out_dir/data_iter<i> (the previous one plus the new
+labels: inspect or reuse it), retrains with train_bc.py (fine-tuning the last policy or from
+scratch) into out_dir/iter<i>, and evaluates it on held-out seeds. A crash loses at most the
+iteration in progress: --resume=True continues after the last finished one.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+from tqdm import tqdm
+
+# -----------------------------------------------------------------------------
+# default config values
+task = 'pusht'
+init_from = 'out/pusht'  # BC checkpoint folder written by train_bc.py (its train_config.json names the dataset)
+out_dir = 'out/pusht_dagger'
+dagger_iters = 4  # rounds of roll out -> label -> aggregate -> retrain
+episodes_per_iter = 10  # learner rollouts labelled by the expert per round
+beta = 0.5  # probability of executing the expert's action in round 0 (Ross et al. use 1.0 from scratch)
+beta_decay = 0.5  # beta_i = beta * beta_decay**i
+max_steps = 0  # rollout length, 0 = the task's step limit
+retrain = 'finetune'  # 'finetune' (continue from the last policy) | 'scratch' (new model on all data)
+train_iters = 2000  # train_bc.py iterations per round
+train_args = ''  # extra train_bc.py arguments, e.g. '--batch_size=32 --learning_rate=1e-4'
+eval_episodes = 50  # held-out test episodes evaluated after each round (0 = skip)
+rollout_seed = 50_000  # rollout seeds are training seeds: [rollout_seed, ...) inside [0, VAL_SEED)
+seed = 1337
+resume = False
+_task_presets = False  # --task names the simulator; BC presets are in the init_from checkpoint
+# -----------------------------------------------------------------------------
+exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
+# -----------------------------------------------------------------------------
+import data  # noqa: E402
+import envs  # noqa: E402
+from eval import load_policy  # noqa: E402
+
+if retrain not in ('finetune', 'scratch'):
+    raise SystemExit(f"retrain must be 'finetune' or 'scratch', got {retrain!r}")
+if not 0.0 <= beta <= 1.0 or not 0.0 <= beta_decay <= 1.0:
+    raise SystemExit(f"beta={beta} and beta_decay={beta_decay} must be probabilities in [0, 1]")
+cfg_path = os.path.join(init_from, 'train_config.json')
+if not os.path.exists(cfg_path):
+    raise SystemExit(f"{cfg_path} not found: train a BC policy first (python train_bc.py --task={task}) "
+                     f"and pass its out_dir as --init_from")
+with open(cfg_path) as f:
+    bc_config = json.load(f)
+if bc_config['task'] != task:
+    raise SystemExit(f"--init_from={init_from} was trained on task {bc_config['task']!r}, not {task!r}")
+spec = envs.TASKS[task]
+max_steps = max_steps or spec['max_steps']
+if rollout_seed + dagger_iters * episodes_per_iter > envs.VAL_SEED:
+    raise SystemExit(f"rollout seeds must stay below envs.VAL_SEED={envs.VAL_SEED} (training seeds only)")
+os.makedirs(out_dir, exist_ok=True)
+
+
+def beta_at(i):
+    """Probability of executing the expert's action in round i (the label is always the expert's)."""
+    return beta * beta_decay ** i
+
+
+def write_json(path, obj):
+    with open(path + '.tmp', 'w') as f:
+        json.dump(obj, f, indent=2)
+    os.replace(path + '.tmp', path)
+
+
+def rollout_and_label(policy, expert, writer, n_episodes, first_seed, beta_i, rng):
+    """Run the mixed policy; record every visited state with the EXPERT's action as its label.
+    Returns per-episode dicts (steps, learner success, fraction of steps the expert drove)."""
+    env = envs.make_env(task)
+    episodes = []
+    for seed_i in tqdm(range(first_seed, first_seed + n_episodes), desc='dagger rollouts', leave=False):
+        obs, info = env.reset(seed=seed_i)
+        policy.reset()
+        expert.reset()
+        expert_steps, success = 0, False
+        for t in range(max_steps):
+            frame = envs.obs_to_frame(task, obs)
+            label = np.asarray(expert.get_action(env), np.float32)  # what the expert would do HERE
+            learner = np.asarray(policy(frame), np.float32)  # the learner keeps its own chunk queue
+            use_expert = rng.random() < beta_i
+            expert_steps += use_expert
+            writer.add_frame({**frame, 'action': label}, task=spec['instruction'])
+            obs, reward, terminated, truncated, info = env.step(label if use_expert else learner)
+            if envs.is_success(info):
+                success = True
+                break
+            if terminated or truncated:
+                break
+        writer.save_episode()
+        episodes.append(dict(seed=seed_i, steps=t + 1, success=success, expert_fraction=expert_steps / (t + 1)))
+    env.close()
+    return episodes
+
+
+def train_round(i, dataset_path, prev_ckpt):
+    """Retrain with train_bc.py in a subprocess (same loop, DDP and checkpoints as BC); -> its eval.json."""
+    round_dir = os.path.join(out_dir, f'iter{i}')
+    cmd = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), 'train_bc.py'),
+           f"--task={task}", f"--dataset={dataset_path}", f"--out_dir={round_dir}", f"--max_iters={train_iters}",
+           f"--final_eval_episodes={eval_episodes}", "--eval_interval=0", f"--seed={seed + i}",
+           f"--action_head_type={bc_config['action_head_type']}",
+           f"--action_chunk_size={bc_config['action_chunk_size']}", f"--n_action_steps={bc_config['n_action_steps']}"]
+    if retrain == 'finetune':
+        cmd.append(f"--init_from={prev_ckpt}")
+    cmd += train_args.split()
+    print(' '.join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+    eval_path = os.path.join(round_dir, 'eval.json')
+    return round_dir, (json.load(open(eval_path)) if eval_episodes > 0 else None)
+
+
+# -----------------------------------------------------------------------------
+# state: which rounds are done; the aggregated dataset of round i is data_iter<i>
+state_path = os.path.join(out_dir, 'dagger_state.json')
+state = dict(done=-1, ckpt=init_from, dataset=bc_config['dataset_path'], history=[])
+if resume:
+    if not os.path.exists(state_path):
+        raise SystemExit(f"--resume=True but {state_path} does not exist")
+    state = json.load(open(state_path))
+    print(f"resuming after round {state['done']}")
+elif os.path.exists(state_path):
+    raise SystemExit(f"{out_dir} already holds a DAgger run: pass --resume=True or a new --out_dir")
+if state['done'] < 0:
+    base = data.LeRobotDataset(state['dataset'], camera_keys=[])
+    bc_eval = os.path.join(init_from, 'eval.json')  # train_bc.py's final held-out evaluation, if it ran
+    bc_success = json.load(open(bc_eval))['success_rate'] if os.path.exists(bc_eval) else None
+    state['history'].append(dict(round=-1, labels=base.meta.total_frames, ckpt=init_from, beta=None,
+                                 test_success=bc_success))
+    print(f"start: {init_from} trained on {base.meta.total_frames} expert labels from {state['dataset']}")
+
+t_start = time.time()
+for i in range(state['done'] + 1, dagger_iters):
+    rng = np.random.default_rng([seed, i])  # per round, so a resumed run rolls out the same mixture
+    beta_i = beta_at(i)
+    # 1) copy the last aggregate, then append labelled learner rollouts (temp name, renamed when complete)
+    new_path = os.path.join(out_dir, f'data_iter{i}')
+    tmp_path = new_path + '.tmp'
+    shutil.rmtree(tmp_path, ignore_errors=True)
+    shutil.copytree(state['dataset'], tmp_path)
+    meta = data.LeRobotDatasetMetadata(tmp_path)
+    writer = data.LeRobotDatasetWriter(tmp_path, fps=meta.fps, features=meta.features)
+    _, policy = load_policy(state['ckpt'])
+    expert = envs.make_expert(task)
+    eps = rollout_and_label(policy, expert, writer, episodes_per_iter,
+                            rollout_seed + i * episodes_per_iter, beta_i, rng)
+    writer.finalize()
+    shutil.rmtree(new_path, ignore_errors=True)
+    os.replace(tmp_path, new_path)
+    labels = data.LeRobotDatasetMetadata(new_path).total_frames
+    rollout_success = float(np.mean([e['success'] for e in eps]))
+    print(f"round {i}: beta={beta_i:.3f}, {sum(e['steps'] for e in eps)} new labels ({labels} total), "
+          f"mixed-policy rollout success {rollout_success:.2f}")
+    # 2) retrain on the aggregate and evaluate on held-out seeds
+    round_dir, metrics = train_round(i, new_path, state['ckpt'])
+    test_success = metrics['success_rate'] if metrics else None
+    state.update(done=i, ckpt=round_dir, dataset=new_path)
+    state['history'].append(dict(round=i, labels=labels, ckpt=round_dir, beta=beta_i, rollout_success=rollout_success,
+                                 expert_fraction=float(np.mean([e['expert_fraction'] for e in eps])),
+                                 test_success=test_success, minutes=(time.time() - t_start) / 60))
+    write_json(state_path, state)
+    print(f"round {i}: test success {test_success} over {eval_episodes} held-out episodes")
+
+print("\nlabels  test_success  (round -1 = the BC policy we started from)")
+for h in state['history']:
+    print(f"{h['labels']:6d}  {h['test_success']}   round {h['round']}")
