@@ -24,6 +24,7 @@ Normalization statistics are buffers, so they travel inside model.safetensors (d
 keeps its normalizer in the policy the same way): actions min/max -> [-1, 1], proprio mean/std,
 images uint8 -> [0, 1] -> per-channel mean/std of the encoder.
 """
+import inspect
 import json
 import math
 import os
@@ -355,20 +356,45 @@ class ManipulationVLA(nn.Module):
             obs.append(self.proprio_mlp(self.normalize_proprio(proprio.float())).unsqueeze(1))  # (B, 1, D)
         obs.append(self.readout.unsqueeze(0).expand(B, -1, -1))
         obs = torch.cat(obs, dim=1)  # (B, No, D)
-        if text_embeds.shape[0] != B:  # one cached instruction for a batch of observations
-            text_embeds, text_mask = text_embeds.expand(B, -1, -1), text_mask.expand(B, -1)
-        L = text_embeds.shape[1]
-        x = torch.cat([text_embeds.to(obs.dtype), obs], dim=1)  # (B, L + No, D)
-        mask = torch.cat([text_mask, torch.ones(B, obs.shape[1], dtype=text_mask.dtype, device=obs.device)], dim=1)
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: positions count real tokens only
-        h = self.llm(inputs_embeds=x, attention_mask=mask, position_ids=position_ids).last_hidden_state
-        h = h[:, L:]  # (B, No, D) observation tokens
+        if text_embeds.shape[0] == 1 and B > 1:
+            h = self._llm_shared_prefix(obs, text_embeds, text_mask)
+        else:
+            if text_embeds.shape[0] != B:
+                raise ValueError(f"{text_embeds.shape[0]} instructions for a batch of {B} observations")
+            L = text_embeds.shape[1]
+            x = torch.cat([text_embeds.to(obs.dtype), obs], dim=1)  # (B, L + No, D)
+            mask = torch.cat([text_mask, text_mask.new_ones(B, obs.shape[1])], dim=1)
+            position_ids = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: positions count real tokens only
+            h = self.llm(inputs_embeds=x, attention_mask=mask, position_ids=position_ids).last_hidden_state
+            h = h[:, L:]  # (B, No, D) observation tokens
         return h if self.config.action_head_type == "transformer" else h[:, -self.config.num_readout_tokens:]
+
+    def _llm_shared_prefix(self, obs, text_embeds, text_mask):
+        """One instruction for B observations: the text comes first and the LM is causal, so the
+        text's keys/values do not depend on the observation. Run the prefix once, copy its KV cache
+        B times, then run only the observation tokens: the same result, and on PushT's 48-byte
+        instruction a training step ~2x faster (gradients still reach the LM through the cache)."""
+        from transformers import DynamicCache
+        B, No = obs.shape[:2]
+        cache = DynamicCache()
+        # the keyword is 'cache' in recent transformers and 'past_key_values' before
+        cache_kw = "cache" if "cache" in inspect.signature(self.llm.forward).parameters else "past_key_values"
+        prefix_pos = (text_mask.cumsum(-1) - 1).clamp(min=0)
+        self.llm(inputs_embeds=text_embeds.to(obs.dtype), attention_mask=text_mask, position_ids=prefix_pos,
+                 use_cache=True, **{cache_kw: cache})  # fills the cache in place
+        cache.batch_repeat_interleave(B)
+        mask = torch.cat([text_mask, text_mask.new_ones(1, No)], dim=1).expand(B, -1)
+        position_ids = (text_mask.sum(-1, keepdim=True) + torch.arange(No, device=obs.device)).expand(B, -1)
+        return self.llm(inputs_embeds=obs, attention_mask=mask, position_ids=position_ids, use_cache=True,
+                        **{cache_kw: cache}).last_hidden_state
 
     # ------------------------------------------------------------------------- training / inference
     def forward(self, batch):
         """Training: -> dict(loss=scalar tensor, **float logs). Steps with action_is_pad are ignored."""
-        cache = self.encode_instruction(batch["instruction"])
+        instructions = list(batch["instruction"])
+        if len(set(instructions)) == 1:  # one task: encode its instruction once (see _llm_shared_prefix)
+            instructions = instructions[:1]
+        cache = self.encode_instruction(instructions)
         cond = self.features(batch["images"], batch.get("proprio"), cache["text_embeds"], cache["text_mask"],
                              batch.get("depth"))
         target = self.normalize_action(batch["action"].float())

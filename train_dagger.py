@@ -142,9 +142,10 @@ elif os.path.exists(state_path):
 if state['done'] < 0:
     base = data.LeRobotDataset(state['dataset'], camera_keys=[])
     bc_eval = os.path.join(init_from, 'eval.json')  # train_bc.py's final held-out evaluation, if it ran
-    bc_success = json.load(open(bc_eval))['success_rate'] if os.path.exists(bc_eval) else None
+    bc_metrics = json.load(open(bc_eval)) if os.path.exists(bc_eval) else {}
     state['history'].append(dict(round=-1, labels=base.meta.total_frames, ckpt=init_from, beta=None,
-                                 test_success=bc_success))
+                                 test_success=bc_metrics.get('success_rate'),
+                                 test_max_reward=bc_metrics.get('avg_max_reward')))
     print(f"start: {init_from} trained on {base.meta.total_frames} expert labels from {state['dataset']}")
 
 t_start = time.time()
@@ -172,13 +173,14 @@ for i in range(state['done'] + 1, dagger_iters):
     # 2) retrain on the aggregate and evaluate on held-out seeds
     round_dir, metrics = train_round(i, new_path, state['ckpt'])
     test_success = metrics['success_rate'] if metrics else None
+    test_max_reward = metrics['avg_max_reward'] if metrics else None
     state.update(done=i, ckpt=round_dir, dataset=new_path)
     state['history'].append(dict(round=i, labels=labels, ckpt=round_dir, beta=beta_i, rollout_success=rollout_success,
                                  expert_fraction=float(np.mean([e['expert_fraction'] for e in eps])),
-                                 test_success=test_success, minutes=(time.time() - t_start) / 60))
+                                 test_success=test_success, test_max_reward=test_max_reward, minutes=(time.time() - t_start) / 60))
     write_json(state_path, state)
     print(f"round {i}: test success {test_success} over {eval_episodes} held-out episodes")
 
-print("\nlabels  test_success  (round -1 = the BC policy we started from)")
+print("\nlabels  test_success  test_max_reward  (round -1 = the BC policy we started from)")
 for h in state['history']:
-    print(f"{h['labels']:6d}  {h['test_success']}   round {h['round']}")
+    print(f"{h['labels']:6d}  {h['test_success']}  {h.get('test_max_reward')}   round {h['round']}")

@@ -104,6 +104,22 @@ def test_cached_instruction_equals_fresh(head):
     assert torch.allclose(a, model.predict_action(obs_go), atol=1e-5)
 
 
+def test_shared_instruction_prefix_equals_full_sequence():
+    """Training with one instruction runs the text once and reuses its KV cache for the batch:
+    the features and the gradients must equal running text + observation for every sample."""
+    model = make_model(action_head_type="transformer")
+    batch = make_batch(B=4)
+    args = (batch["images"], batch["proprio"])
+    text = model.encode_instruction(["push the T onto the target"])
+    shared = model.features(*args, text["text_embeds"], text["text_mask"])
+    grads_shared = torch.autograd.grad(shared.square().sum(), list(model.llm.parameters()))
+    text = model.encode_instruction(["push the T onto the target"])
+    full = model.features(*args, text["text_embeds"].expand(4, -1, -1), text["text_mask"].expand(4, -1))
+    grads_full = torch.autograd.grad(full.square().sum(), list(model.llm.parameters()))
+    assert torch.allclose(shared, full, atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(grads_shared, grads_full))
+
+
 def test_instruction_changes_the_action():
     model = make_model()
     obs = {k: v for k, v in make_batch().items() if k not in ("action", "action_is_pad")}

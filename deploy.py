@@ -1,0 +1,399 @@
+"""
+Deployment: export a trained policy to one file, then drive a robot with it at a fixed rate
+behind a safety shield.
+
+    python deploy.py export --ckpt=out/pusht --out=out/pusht/policy.pt                 # TorchScript
+    python deploy.py export --ckpt=out/pusht --out=out/pusht/policy.pt2 --format=export # torch.export
+    python deploy.py run --policy=out/pusht/policy.pt --robot=sim --task=pusht --rate=10 --episodes=10
+
+The exported file maps (images uint8 (1, cams, 3, H, W), proprioception (1, P)) to RAW actions
+(1, chunk, A): the instruction's language features are computed once at export and stored as
+buffers, the normalization statistics are the model's buffers, so nothing else is needed to run
+it: `torch.jit.load(path)` (or `torch.export.load(path).module()`) without this repository.
+A Hugging Face backbone cannot be scripted (dynamic Python inside), so we TRACE the per-step
+function ManipulationVLA.act for batch 1: the traced graph is exactly the ops one step runs.
+
+The control loop: observe -> policy (action chunks through a queue, or ACT temporal ensembling)
+-> SafetyShield -> robot, paced to a fixed rate, with latency and missed-deadline statistics.
+"""
+import json
+import logging
+import os
+import sys
+import time
+import warnings
+from collections import deque
+
+import numpy as np
+import torch
+
+from eval import VLAPolicy  # the action queue / ACT temporal ensembling that eval.py runs
+
+# -----------------------------------------------------------------------------
+# config (python deploy.py <export|run> --key=value)
+ckpt = ''  # export: checkpoint folder written by train_bc.py
+out = ''  # export: output file ('' = <ckpt>/policy.pt or policy.pt2)
+format = 'torchscript'  # export: 'torchscript' (.pt, torch.jit.load) | 'export' (.pt2, torch.export.load)
+policy = ''  # run: an exported file
+robot = 'sim'  # run: 'sim' (the task's simulator) | 'ros2' (not available on this machine, see ROS2Robot)
+task = ''  # run: '' = the task stored in the exported file
+instruction = ''  # run: must match the exported instruction ('' = the stored one)
+rate = 10.0  # control rate in Hz (PushT's simulator runs at 10 Hz); 0 = as fast as possible
+episodes = 1
+start_seed = 200_000  # held-out seeds, the same as eval.py's test seeds
+max_steps = 0  # 0 = the task's step limit
+n_action_steps = 0  # 0 = the value stored at export
+temporal_ensemble_coeff = -1.0  # < 0 = the value stored at export
+max_step_change = 0.0  # shield: max change of the command per control step (raw units; 0 = task default)
+watchdog_timeout = 1.0  # shield: seconds after which an observation counts as stale
+threads = 1  # torch threads: batch 1 gains little from more, and they stall when another process shares the CPU
+_task_presets = False  # --task names the simulator here, it does not load config/<task>.py
+# -----------------------------------------------------------------------------
+log = logging.getLogger('nanovla.deploy')
+SHIELD_DEFAULTS = {'pusht': dict(max_step_change=40.0)}  # expert moves <= 20 px/step; policy chunks jump a bit more
+META_FILE = 'nanovla.json'  # metadata stored inside the exported file
+
+
+# -----------------------------------------------------------------------------
+# export
+
+
+class StepPolicy(torch.nn.Module):
+    """The per-step function of a ManipulationVLA with its instruction baked in:
+    (images, proprio) -> raw action chunk. Text features are buffers, computed once here."""
+
+    def __init__(self, model, instruction):
+        super().__init__()
+        self.model = model
+        with torch.no_grad():
+            text = model.encode_instruction([instruction])
+        self.register_buffer('text_embeds', text['text_embeds'].detach().clone())
+        self.register_buffer('text_mask', text['text_mask'].detach().clone())
+
+    def forward(self, images, proprio):
+        return self.model.act(images, proprio, self.text_embeds, self.text_mask)
+
+
+def example_inputs(model):
+    """Batch-1 inputs with the shapes the model was built for (uint8 images, float proprio)."""
+    c = model.config
+    images = torch.randint(0, 256, (1, c.num_cameras, 3, c.image_size, c.image_size), dtype=torch.uint8)
+    return images, torch.rand(1, c.proprioception_dim) * 100
+
+
+def export_policy(model, instruction, path, metadata, fmt='torchscript'):
+    """Trace (TorchScript) or torch.export the model's step function and write it atomically."""
+    if fmt not in ('torchscript', 'export'):
+        raise ValueError(f"format must be 'torchscript' or 'export', got {fmt!r}")
+    if model.config.use_depth:
+        raise NotImplementedError("export of depth models is not implemented: the step function takes images + proprio")
+    step = StepPolicy(model.eval(), instruction).eval()
+    inputs = example_inputs(model)
+    extra = {META_FILE: json.dumps(metadata)}
+    tmp = path + '.tmp'
+    with torch.no_grad():
+        if fmt == 'torchscript':
+            with warnings.catch_warnings():  # tracer warnings about Python control flow are expected: the
+                warnings.simplefilter('ignore', torch.jit.TracerWarning)  # batch-1 graph is fixed by design
+                module = torch.jit.trace(step, inputs, check_trace=False)
+            torch.jit.save(module, tmp, _extra_files=extra)
+        else:
+            program = torch.export.export(step, inputs, strict=False)
+            torch.export.save(program, tmp, extra_files=extra)
+    os.replace(tmp, path)
+    return path
+
+
+def load_exported(path):
+    """-> (callable module, metadata dict). Needs torch only (the repo's model code is not used)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} does not exist: write it with `python deploy.py export --ckpt=<train_bc out_dir>`")
+    extra = {META_FILE: ''}
+    if path.endswith('.pt2'):
+        module = torch.export.load(path, extra_files=extra).module()
+    else:
+        module = torch.jit.load(path, map_location='cpu', _extra_files=extra)
+    if not extra[META_FILE]:
+        raise ValueError(f"{path} has no {META_FILE}: it was not written by deploy.py export")
+    return module, json.loads(extra[META_FILE])
+
+
+def export_main():
+    """python deploy.py export --ckpt=DIR [--out=FILE] [--format=torchscript|export]"""
+    from model import ManipulationVLA
+    tc_path = os.path.join(ckpt, 'train_config.json')
+    if not ckpt or not os.path.exists(tc_path):
+        raise SystemExit(f"--ckpt={ckpt!r} is not a checkpoint folder (no train_config.json): "
+                         f"pass the out_dir of train_bc.py, e.g. --ckpt=out/pusht")
+    tc = json.load(open(tc_path))
+    model = ManipulationVLA.from_pretrained(ckpt).eval()
+    import envs
+    spec = envs.TASKS[tc['task']]
+    c = model.config
+    meta = dict(task=tc['task'], instruction=tc['instruction'], image_keys=tc.get('image_keys', spec['image_keys']),
+                state_key=spec['state_key'], action_dim=c.action_dim, proprioception_dim=c.proprioception_dim,
+                image_size=c.image_size, num_cameras=c.num_cameras, chunk_size=c.action_chunk_size,
+                n_action_steps=tc['n_action_steps'], temporal_ensemble_coeff=tc.get('temporal_ensemble_coeff'),
+                action_head_type=c.action_head_type, fps=spec['fps'], source=os.path.abspath(ckpt))
+    path = out or os.path.join(ckpt, 'policy.pt' if format == 'torchscript' else 'policy.pt2')
+    export_policy(model, tc['instruction'], path, meta, format)
+    module, _ = load_exported(path)  # check the file against the eager model before declaring success
+    inputs = example_inputs(model)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        eager = StepPolicy(model, tc['instruction'])(*inputs)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        exported = module(*inputs)
+    err = (eager - exported).abs().max().item()
+    print(f"wrote {path} ({format}, head={c.action_head_type}); max |exported - eager| = {err:.2e} raw action units")
+
+
+# -----------------------------------------------------------------------------
+# safety shield
+
+
+class SafetyShield:
+    """The last layer between a learned policy and the motors; it trusts nothing.
+
+    filter(action, observation) returns a command that is (1) finite, (2) inside the box
+    [low, high] = joint limits intersected with workspace bounds, and (3) within max_step_change
+    of the previous command in every dimension (a velocity limit: max_step_change * rate per s).
+    NaN/inf/missing actions hold the last safe command. A stale observation (older than
+    watchdog_timeout s) or emergency_stop() trips a latched stop: the shield holds the last safe
+    command until reset(). Every intervention is counted in .counts and logged.
+    """
+
+    def __init__(self, action_dim, max_step_change, workspace_bounds=None, joint_limits=None, watchdog_timeout=1.0,
+                 clock=time.monotonic):
+        self.action_dim, self.watchdog_timeout, self.clock = action_dim, watchdog_timeout, clock
+        self.max_step = np.broadcast_to(np.asarray(max_step_change, np.float64), (action_dim,)).copy()
+        if not (self.max_step > 0).all():
+            raise ValueError(f"max_step_change must be > 0, got {max_step_change}")
+        self.low, self.high = np.full(action_dim, -np.inf), np.full(action_dim, np.inf)
+        for name, bounds in (('workspace_bounds', workspace_bounds), ('joint_limits', joint_limits)):
+            if bounds is not None:
+                lo, hi = (np.broadcast_to(np.asarray(b, np.float64), (action_dim,)) for b in bounds)
+                if (lo > hi).any():
+                    raise ValueError(f"{name}: low {lo} exceeds high {hi}")
+                self.low, self.high = np.maximum(self.low, lo), np.minimum(self.high, hi)
+        if (self.low > self.high).any():
+            raise ValueError("workspace_bounds and joint_limits do not overlap")
+        self.counts = dict(invalid=0, clamped=0, rate_limited=0, stale=0, estop=0, held_while_stopped=0)
+        self.events = []  # (time, kind, detail) of every intervention
+        self.reset()
+
+    def reset(self, hold=None):
+        """Clear a stop. hold: the robot's current command/position, the reference of the first step."""
+        self.stopped, self.stop_reason = False, ''
+        self.last = None if hold is None else np.clip(np.asarray(hold, np.float64), self.low, self.high)
+
+    def emergency_stop(self, reason='emergency stop'):
+        self._intervene('estop', reason)
+        self.stopped, self.stop_reason = True, reason
+
+    def _intervene(self, kind, detail):
+        self.counts[kind] += 1
+        self.events.append((self.clock(), kind, detail))
+        (log.warning if kind in ('estop', 'stale') else log.debug)(f"shield {kind}: {detail}")
+
+    def _hold(self):
+        if self.last is None:
+            raise RuntimeError("the shield has no safe command to hold yet: call reset(hold=<current position>) first")
+        return self.last.copy()
+
+    def filter(self, action, observation=None):
+        """-> the command to send (float64 array of action_dim). Raises only on a wrong action shape."""
+        if observation is not None and 'timestamp' in observation and self.watchdog_timeout > 0:
+            age = self.clock() - observation['timestamp']
+            if age > self.watchdog_timeout and not self.stopped:
+                self._intervene('stale', f"observation is {age:.3f}s old (> {self.watchdog_timeout}s)")
+                self.stopped, self.stop_reason = True, 'stale observation'
+        if self.stopped:
+            self.counts['held_while_stopped'] += 1
+            return self._hold()
+        if action is None:
+            self._intervene('invalid', 'missing action')
+            return self._hold()
+        a = np.asarray(action, np.float64).reshape(-1)
+        if a.shape[0] != self.action_dim:
+            raise ValueError(f"the policy sent {a.shape[0]} action values, the robot takes {self.action_dim}")
+        if not np.isfinite(a).all():
+            self._intervene('invalid', f"non-finite action {a}")
+            return self._hold()
+        clipped = np.clip(a, self.low, self.high)
+        if not np.array_equal(clipped, a):
+            self._intervene('clamped', f"{a} -> {clipped}")
+        if self.last is not None:  # limit the change; the box is convex, so the result stays inside it
+            limited = self.last + np.clip(clipped - self.last, -self.max_step, self.max_step)
+            if not np.array_equal(limited, clipped):
+                self._intervene('rate_limited', f"step {clipped - self.last} limited to {self.max_step}")
+            clipped = limited
+        self.last = clipped
+        return clipped.copy()
+
+
+# -----------------------------------------------------------------------------
+# robots: get_observation() -> frame dict with 'timestamp', send_action(a), close()
+
+
+class SimRobot:
+    """A simulator behind the robot interface, so the control loop runs end to end on a laptop.
+    send_action steps the simulator; .success/.done report the episode's outcome."""
+
+    def __init__(self, task, seed, max_steps=0):
+        import envs
+        self.envs, self.task = envs, task
+        self.env = envs.make_env(task)
+        self.action_dim = int(np.prod(self.env.action_space.shape))
+        self.max_steps = max_steps or envs.TASKS[task]['max_steps']
+        self.obs, _ = self.env.reset(seed=seed)
+        self.stamp, self.steps, self.success, self.done = time.monotonic(), 0, False, False
+
+    def get_observation(self):
+        frame = self.envs.obs_to_frame(self.task, self.obs)
+        return dict(frame, timestamp=self.stamp)
+
+    def send_action(self, action):
+        self.obs, reward, terminated, truncated, info = self.env.step(np.asarray(action, np.float32))
+        self.stamp, self.steps = time.monotonic(), self.steps + 1
+        self.success = self.success or self.envs.is_success(info)
+        self.done = self.success or terminated or truncated or self.steps >= self.max_steps
+
+    def close(self):
+        self.env.close()
+
+
+class ROS2Robot:
+    """ROS 2 bridge (not shipped): rclpy is not installable from this machine's Debian sources
+    (`apt-cache search rclpy` finds nothing), so there is no tested bridge. The interface it would
+    implement: subscribe sensor_msgs/Image on <ns>/camera/image_raw and sensor_msgs/JointState on
+    <ns>/joint_states (observation with the newest message stamps as 'timestamp'), publish the
+    shield's command as std_msgs/Float64MultiArray on <ns>/command, close() destroys the node."""
+
+    def __init__(self, *args, **kwargs):
+        raise SystemExit("--robot=ros2: ROS 2 (rclpy) is not available on this machine, so no bridge is shipped; "
+                         "see ROS2Robot's docstring for the topics a bridge implements")
+
+
+# -----------------------------------------------------------------------------
+# control loop
+
+
+class ExportedPolicy(VLAPolicy):
+    """An exported step function behind eval.VLAPolicy's execution logic (action queue or ACT
+    temporal ensembling): only predict_chunk differs, and it needs no model code."""
+
+    def __init__(self, module, meta, n_action_steps=0, temporal_ensemble_coeff=-1.0):
+        self.module, self.meta = module, meta
+        coeff = meta.get('temporal_ensemble_coeff') if temporal_ensemble_coeff < 0 else temporal_ensemble_coeff
+        self.n_action_steps = n_action_steps or meta['n_action_steps']
+        if coeff is not None and self.n_action_steps != 1:
+            raise ValueError("temporal ensembling predicts every step: use --n_action_steps=1")
+        self.ensemble_coeff = coeff
+        self.reset()
+
+    def reset(self):
+        self.queue, self.chunks, self.t = deque(), [], 0
+
+    @torch.no_grad()
+    def predict_chunk(self, frame):
+        images = torch.stack([torch.from_numpy(np.ascontiguousarray(frame[k])).permute(2, 0, 1)
+                              for k in self.meta['image_keys']]).unsqueeze(0)
+        proprio = torch.as_tensor(np.asarray(frame[self.meta['state_key']], np.float32)).unsqueeze(0)
+        chunk = self.module(images, proprio)[0].float().numpy()
+        if not np.isfinite(chunk).all():
+            raise RuntimeError("the exported policy predicted NaN/inf actions")
+        return chunk
+
+
+def control_loop(policy, robot, shield, rate, max_steps):
+    """Run one episode at a fixed rate. -> dict(steps, success, latency p50/p99 ms, missed deadlines).
+    Latency = observe + policy + shield (what must fit in the period); the robot's own step is not counted."""
+    period = 1.0 / rate if rate > 0 else 0.0
+    latencies, missed, steps = [], 0, 0
+    first = robot.get_observation()
+    for _ in range(2):  # warm up: the first calls of a TorchScript module optimize its graph (slow)
+        policy.predict_chunk(first)
+    policy.reset()
+    shield.reset(hold=first[policy.meta['state_key']][:robot.action_dim])  # state = the commanded position here
+    deadline = time.perf_counter()
+    for steps in range(1, max_steps + 1):
+        t0 = time.perf_counter()
+        obs = robot.get_observation()
+        command = shield.filter(policy(obs), obs)
+        latencies.append(time.perf_counter() - t0)
+        robot.send_action(command)
+        if shield.stopped or getattr(robot, 'done', False):
+            break
+        if period:
+            deadline += period
+            slack = deadline - time.perf_counter()
+            if slack < 0:
+                missed, deadline = missed + 1, time.perf_counter()  # late: start the next period now
+            else:
+                time.sleep(slack)
+    ms = np.array(latencies) * 1e3
+    return dict(steps=steps, success=bool(getattr(robot, 'success', False)), stopped=shield.stop_reason,
+                p50_ms=float(np.percentile(ms, 50)), p99_ms=float(np.percentile(ms, 99)), missed_deadlines=missed)
+
+
+def make_shield(task_name, action_dim):
+    import envs
+    spec = envs.TASKS[task_name]
+    step = max_step_change or SHIELD_DEFAULTS.get(task_name, {}).get('max_step_change', 0.0)
+    if step <= 0:
+        raise SystemExit(f"no default shield velocity limit for task {task_name!r}: pass --max_step_change")
+    return SafetyShield(action_dim, step, workspace_bounds=(spec['action_low'], spec['action_high']),
+                        watchdog_timeout=watchdog_timeout)
+
+
+def run_main():
+    """python deploy.py run --policy=FILE --robot=sim [--episodes=N] [--rate=HZ]"""
+    torch.set_num_threads(threads)
+    module, meta = load_exported(policy)
+    task_name = task or meta['task']
+    if instruction and instruction != meta['instruction']:
+        raise SystemExit(f"--instruction={instruction!r} differs from the one baked into {policy} "
+                         f"({meta['instruction']!r}): re-export, the language features are computed at export")
+    pol = ExportedPolicy(module, meta, n_action_steps, temporal_ensemble_coeff)
+    results = []
+    try:
+        for seed in range(start_seed, start_seed + episodes):
+            bot = SimRobot(task_name, seed, max_steps) if robot == 'sim' else \
+                ROS2Robot() if robot == 'ros2' else None
+            if bot is None:
+                raise SystemExit(f"--robot must be 'sim' or 'ros2', got {robot!r}")
+            if bot.action_dim != meta['action_dim']:
+                raise SystemExit(f"the policy outputs {meta['action_dim']} action values but the robot takes "
+                                 f"{bot.action_dim}: export a policy trained for this robot")
+            shield = make_shield(task_name, bot.action_dim)
+            try:
+                r = control_loop(pol, bot, shield, rate, bot.max_steps)
+            finally:
+                bot.close()
+            r.update(seed=seed, interventions=dict(shield.counts))
+            results.append(r)
+            print(f"seed {seed}: {'success' if r['success'] else 'fail'} in {r['steps']} steps, "
+                  f"latency p50 {r['p50_ms']:.2f} ms p99 {r['p99_ms']:.2f} ms, missed {r['missed_deadlines']}, "
+                  f"shield {shield.counts}", flush=True)
+    except KeyboardInterrupt:
+        print("\nstopped by Ctrl-C; the robot was closed")
+    if results:
+        ok = np.mean([r['success'] for r in results])
+        print(f"success {ok:.2f} over {len(results)} episodes (seeds {start_seed}..); latency p50 "
+              f"{np.median([r['p50_ms'] for r in results]):.2f} ms, p99 {max(r['p99_ms'] for r in results):.2f} ms; "
+              f"missed deadlines {sum(r['missed_deadlines'] for r in results)} at {rate} Hz")
+    return results
+
+
+if __name__ == '__main__':
+    commands = {'export': export_main, 'run': run_main}
+    if len(sys.argv) < 2 or sys.argv[1] not in commands:
+        raise SystemExit(f"usage: python deploy.py <{'|'.join(commands)}> --key=value ... (got {sys.argv[1:2]})")
+    command = sys.argv.pop(1)
+    logging.basicConfig(level=logging.WARNING, format='%(message)s')
+    exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
+    if command == 'run' and not policy:
+        raise SystemExit("pass --policy=<file written by `python deploy.py export`>")
+    commands[command]()
