@@ -50,7 +50,13 @@ threads = 1  # torch threads: batch 1 gains little from more, and they stall whe
 _task_presets = False  # --task names the simulator here, it does not load config/<task>.py
 # -----------------------------------------------------------------------------
 log = logging.getLogger('nanovla.deploy')
-SHIELD_DEFAULTS = {'pusht': dict(max_step_change=40.0)}  # expert moves <= 20 px/step; policy chunks jump a bit more
+SHIELD_DEFAULTS = {'pusht': dict(max_step_change=40.0),  # expert moves <= 20 px/step; policy chunks jump a bit more
+                   # rad (gripper: fraction) per 20 ms step: the expert's wrist rolls turn up to 0.29 near the
+                   # wrist singularity, every other joint < 0.07
+                   'aloha_transfer_cube': dict(max_step_change=0.3),
+                   # Lift's actions are already velocities (Cartesian steps, bounded to [-1, 1] by the box) and a
+                   # gripper command that flips -1 <-> +1: no extra rate limit
+                   'lift': dict(max_step_change=2.0)}
 META_FILE = 'nanovla.json'  # metadata stored inside the exported file
 
 

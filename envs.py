@@ -1,6 +1,8 @@
 """
 Simulators and scripted experts: the PushT task (gym-pusht), an exact state copy, a push-planning
 expert that solves it with smooth bounded motions, and a recorder that writes LeRobot datasets.
+The ALOHA bimanual tasks (gym-aloha) and their scripted expert live in aloha.py, robosuite's
+single-arm Lift and its expert in lift.py; the functions here dispatch to them (tasks aloha_*, lift).
 
 PushT (Diffusion Policy, Chi et al. 2023): a disc "agent" (radius 15 px) pushes a T-shaped block
 (mass 1) on a 512x512 table until the block covers > 95% of a T-shaped goal at pose (256, 256, pi/4).
@@ -24,6 +26,7 @@ import argparse
 import contextlib
 import math
 import multiprocessing as mp
+import os
 import sys
 import time
 import warnings
@@ -36,11 +39,26 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # pygame / pkg_resources import noise
     import gym_pusht  # noqa: F401  (registers gym_pusht/PushT-v0)
 
+# ALOHA joint limits (rad) of waist, shoulder, elbow, forearm roll, wrist angle, wrist rotate, then the gripper
+# opening in [0, 1], per arm (left, right): gym-aloha's XML ranges (aloha.ARM_LOW / ARM_HIGH)
+ALOHA_LOW = [-3.14158, -1.85005, -1.76278, -3.14158, -1.8675, -3.14158, 0.0] * 2
+ALOHA_HIGH = [3.14158, 1.25664, 1.6057, 3.14158, 2.23402, 3.14158, 1.0] * 2
 TASKS = {
     "pusht": dict(env_id="gym_pusht/PushT-v0", fps=10, max_steps=300, image_size=96,
                   instruction="push the T-shaped block onto the T-shaped target",
                   image_keys=["observation.image"], state_key="observation.state", state_dim=2, action_dim=2,
                   action_low=0.0, action_high=512.0),
+    # ALOHA (aloha.py): 50 Hz, 400 steps like ACT and LeRobot; state / action = 14 joint angles / joint targets
+    "aloha_transfer_cube": dict(env_id="gym_aloha/AlohaTransferCube-v0", fps=50, max_steps=400, image_size=96,
+                                instruction="pick up the cube with the right arm and transfer it to the left arm",
+                                image_keys=["observation.images.top"], state_key="observation.state",
+                                state_dim=14, action_dim=14, action_low=ALOHA_LOW, action_high=ALOHA_HIGH),
+    # robosuite Lift (lift.py; equals lift.SPEC, kept literal so importing envs does not load robosuite):
+    # Panda lifts a cube; action = OSC position delta (3) + gripper in [-1, 1]; state = gripper xyz + 2 fingers
+    "lift": dict(env_id="robosuite/Lift-Panda", fps=20, max_steps=150, image_size=96,
+                 instruction="pick up the red cube and lift it",
+                 image_keys=["observation.images.agentview"], state_key="observation.state",
+                 state_dim=5, action_dim=4, action_low=[-1.0] * 4, action_high=[1.0] * 4),
 }
 VAL_SEED = 100_000  # periodic eval during training uses seeds VAL_SEED.. ; demos use seeds [0, 100000)
 TEST_SEED = 200_000  # final reported eval
@@ -59,6 +77,12 @@ def make_env(task, render_mode="rgb_array", obs_type=None):
     """A gymnasium env with the task's time limit. obs_type=None -> images + agent xy (what the policy sees);
     obs_type="state" is ~10x faster (no rendering) and is what planning uses."""
     spec = _task_spec(task)
+    if task.startswith("aloha"):
+        import aloha  # MuJoCo + dm_control load only for the ALOHA tasks
+        return aloha.make_env(task, spec["image_size"], obs_type, spec["max_steps"])
+    if task == "lift":
+        import lift  # robosuite loads only for this task
+        return lift.make_env(spec, obs_type)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # gymnasium's passive checker warns about the float64 obs spaces
         return gym.make(spec["env_id"], obs_type=obs_type or "pixels_agent_pos", render_mode=render_mode,
@@ -69,6 +93,12 @@ def make_env(task, render_mode="rgb_array", obs_type=None):
 def obs_to_frame(task, obs):
     """gym-pusht observation dict -> a frame with LeRobot keys: image uint8 (H, W, 3), state float32 (2,)."""
     spec = _task_spec(task)
+    if task.startswith("aloha"):
+        import aloha
+        return aloha.obs_to_frame(obs, spec["image_keys"][0], spec["state_key"])
+    if task == "lift":
+        import lift
+        return lift.obs_to_frame(obs, spec)
     if not isinstance(obs, dict) or "pixels" not in obs:
         raise ValueError("obs_to_frame needs the pixels_agent_pos observation; build the env with make_env(task) "
                          "(obs_type=None), not obs_type='state'")
@@ -116,7 +146,7 @@ def set_state(env, state):
 
 
 def is_success(info):
-    """PushT success: coverage of the goal by the block > 95% (the env also terminates then)."""
+    """PushT success: coverage of the goal by the block > 95%; ALOHA: reward 4 (both envs terminate then)."""
     return bool(info.get("is_success", False))
 
 
@@ -481,8 +511,14 @@ class PushTExpert:
 
 
 def make_expert(task, **kw):
-    """The scripted expert for a task (only PushT has one)."""
+    """The scripted expert for a task: get_action(env) -> action, reset() between episodes."""
     _task_spec(task)
+    if task.startswith("aloha"):
+        import aloha
+        return aloha.AlohaExpert(task, **kw)
+    if task == "lift":
+        import lift
+        return lift.LiftExpert(**kw)
     return PushTExpert(task=task, **kw)
 
 
@@ -495,6 +531,12 @@ def run_expert_episode(task, seed, expert_kw=None, render=True):
     -> dict(success, steps, coverage, actions (T, 2) float32, max_delta, plan_seconds, decisions, and when
     render: images uint8 (T, H, W, 3), states float32 (T, 2): the observation BEFORE each action)."""
     spec = _task_spec(task)
+    if task.startswith("aloha"):
+        import aloha
+        return aloha.run_expert_episode(task, seed, spec, render=render)
+    if task == "lift":
+        import lift
+        return lift.run_expert_episode(spec, seed, render=render, expert_kw=expert_kw)
     env = make_env(task, obs_type=None if render else "state")
     expert = make_expert(task, seed=seed, **(expert_kw or {}))
     obs, info = env.reset(seed=seed)
@@ -546,8 +588,20 @@ def _episodes(task, seeds, num_workers, expert_kw):
         return
     with _main_script_hidden():  # spawn (not fork): no copied pygame / torch thread state in the workers
         pool = mp.get_context("spawn").Pool(num_workers)
+    import envs  # the importable module even when this file runs as `python envs.py` (__main__ is hidden)
     with pool:
-        yield from pool.imap(_episode_worker, jobs)
+        yield from pool.imap(envs._episode_worker, jobs)
+
+
+def _feature_names(task):
+    """(state names, action names, robot type) of a task, written into the dataset's meta/info.json."""
+    if task.startswith("aloha"):
+        import aloha
+        return aloha.JOINTS, aloha.ACTIONS, "aloha"
+    if task == "lift":
+        import lift
+        return lift.STATE_NAMES, lift.ACTION_NAMES, "panda"
+    return ["x", "y"], ["x", "y"], None
 
 
 def record_demonstrations(task, num_episodes, out_dir, seed=0, num_workers=1, use_videos=False, max_attempts=None,
@@ -565,14 +619,15 @@ def record_demonstrations(task, num_episodes, out_dir, seed=0, num_workers=1, us
         raise ValueError(f"demo seeds {seed}..{seed + max_attempts - 1} must stay in [0, VAL_SEED={VAL_SEED}): "
                          f"seeds from VAL_SEED on are for evaluation; start lower or lower max_attempts")
     h = spec["image_size"]
+    state_names, action_names, robot_type = _feature_names(task)
     features = {
         spec["image_keys"][0]: {"dtype": "video" if use_videos else "image", "shape": (h, h, 3),
                                 "names": ["height", "width", "channels"]},
-        spec["state_key"]: {"dtype": "float32", "shape": (spec["state_dim"],), "names": ["x", "y"]},
-        "action": {"dtype": "float32", "shape": (spec["action_dim"],), "names": ["x", "y"]},
+        spec["state_key"]: {"dtype": "float32", "shape": (spec["state_dim"],), "names": state_names},
+        "action": {"dtype": "float32", "shape": (spec["action_dim"],), "names": action_names},
     }
-    writer = data.LeRobotDatasetWriter(out_dir, spec["fps"], features, use_videos=use_videos)
-    t0, kept, attempts, steps, plan_s, decisions, max_delta = time.time(), 0, 0, [], 0.0, 0, 0.0
+    writer = data.LeRobotDatasetWriter(out_dir, spec["fps"], features, robot_type=robot_type, use_videos=use_videos)
+    t0, kept, attempts, steps, plan_s, decisions, max_delta = time.time(), 0, 0, [], 0.0, 0, None
     bar = tqdm(total=num_episodes, desc=f"recording {task} demos", unit="ep")
     episodes = _episodes(task, range(seed, seed + max_attempts), num_workers, expert_kw)
     for ep in episodes:
@@ -585,7 +640,8 @@ def record_demonstrations(task, num_episodes, out_dir, seed=0, num_workers=1, us
             writer.save_episode()
             kept += 1
             steps.append(ep["steps"])
-            max_delta = max(max_delta, ep["max_delta"])
+            if "max_delta" in ep:  # PushT: the largest per-step move of the expert's target
+                max_delta = max(max_delta or 0.0, ep["max_delta"])
             bar.update(1)
         bar.set_postfix(success=f"{kept}/{attempts}")
         if kept == num_episodes:
@@ -601,7 +657,8 @@ def record_demonstrations(task, num_episodes, out_dir, seed=0, num_workers=1, us
                    seconds=time.time() - t0, out_dir=str(out_dir))
     print(f"recorded {kept} episodes ({summary['frames']} frames) to {out_dir} in {summary['seconds']:.0f}s: "
           f"expert success {kept}/{attempts}, median {summary['median_steps']:.0f} steps, "
-          f"{summary['seconds_per_decision'] * 1e3:.1f} ms/decision, max target step {max_delta:.1f} px")
+          f"{summary['seconds_per_decision'] * 1e3:.1f} ms/decision"
+          + (f", max target step {max_delta:.1f} px" if max_delta is not None else ""))
     if kept < num_episodes:
         print(f"WARNING: only {kept}/{num_episodes} episodes kept after {attempts} attempts; raise max_attempts")
     return summary
@@ -609,6 +666,12 @@ def record_demonstrations(task, num_episodes, out_dir, seed=0, num_workers=1, us
 
 def evaluate_expert(task, num_episodes, seed=TEST_SEED, expert_kw=None, verbose=False):
     """Expert success rate etc. on seeded episodes without rendering or writing anything."""
+    if task.startswith("aloha"):
+        import aloha
+        return aloha.evaluate_expert(task, _task_spec(task), num_episodes, seed, verbose=verbose, **(expert_kw or {}))
+    if task == "lift":  # expert_kw not passed on: the CLI fills it with PushT's max_step (px)
+        import lift
+        return lift.evaluate_expert(_task_spec(task), num_episodes, seed, verbose=verbose)
     eps = []
     for s in range(seed, seed + num_episodes):
         eps.append(run_expert_episode(task, s, expert_kw, render=False))
@@ -632,14 +695,26 @@ if __name__ == "__main__":
     p.add_argument("--num_workers", type=int, default=1)
     p.add_argument("--use_videos", action="store_true", help="store camera frames as mp4 instead of PNG")
     p.add_argument("--max_step", type=float, default=20.0, help="bound on the per-step target change (px)")
+    p.add_argument("--ik", action="store_true", help="ALOHA: the closed-loop IK expert instead of plan + replay")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args()
-    kw = dict(max_step=args.max_step)
+    kw = dict(ik=args.ik) if args.task.startswith("aloha") else {} if args.task == "lift" else dict(max_step=args.max_step)
     if args.seed is None:
         args.seed = 0 if args.out else TEST_SEED
+    if args.out and os.path.exists(os.path.join(args.out, "meta", "info.json")):
+        raise SystemExit(f"{args.out} already holds a dataset and recording would APPEND to it (DAgger's use): "
+                         f"delete it or pick another --out")
     if args.out:
         record_demonstrations(args.task, args.episodes, args.out, seed=args.seed, num_workers=args.num_workers,
                               use_videos=args.use_videos, expert_kw=kw)
+    elif args.task == "lift":
+        import lift
+        print(lift.evaluate_expert(lift.SPEC, args.episodes, args.seed, verbose=args.verbose))
+    elif args.task.startswith("aloha"):
+        t0 = time.time()
+        m = evaluate_expert(args.task, args.episodes, args.seed, kw, verbose=args.verbose)
+        print(f"{args.task} {'IK' if args.ik else 'plan + replay'} expert over seeds {args.seed}.."
+              f"{args.seed + args.episodes - 1}: {m}, {time.time() - t0:.0f}s")
     else:
         t0 = time.time()
         m = evaluate_expert(args.task, args.episodes, args.seed, kw, verbose=args.verbose)

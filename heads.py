@@ -11,7 +11,8 @@ head has the same two calls:
 
 `mask` (B, T) is True where a step counts: chunks that run past an episode's end are padded,
 and training on the padding would teach the policy to freeze (ACT, Zhao et al. 2023, drops
-them the same way). The heads, from simplest to most expressive:
+them the same way). A (B, T, A) mask also drops action dims (multi-task: a 2-D pusher's actions
+padded to a 14-D arm's). The heads, from simplest to most expressive:
 
     MLPActionHead           regression (L1 or MSE): one answer, averages multimodal demos
     GaussianActionHead      a diagonal Gaussian: NLL loss, log_prob for policy gradient / GAIL
@@ -30,11 +31,14 @@ import torch.nn.functional as F
 
 
 def masked_mean(x, mask=None):
-    """Mean of a per-element loss x (B, T, A) over the steps where mask (B, T) is True."""
+    """Mean of a per-element loss x (B, T, A) over the steps where mask (B, T) is True, or over the
+    elements where mask (B, T, A) is True (multi-task: padded action dims of a smaller robot)."""
     if mask is None:
         return x.mean()
-    m = mask.to(x.dtype).unsqueeze(-1)  # (B, T, 1)
-    return (x * m).sum() / (m.sum() * x.shape[-1]).clamp(min=1.0)
+    m = mask.to(x.dtype)
+    if m.dim() == 2:
+        return (x * m.unsqueeze(-1)).sum() / (m.sum() * x.shape[-1]).clamp(min=1.0)
+    return (x * m).sum() / m.sum().clamp(min=1.0)
 
 
 def hold_last_valid(target, mask=None):
@@ -44,6 +48,8 @@ def hold_last_valid(target, mask=None):
     of valid steps only."""
     if mask is None:
         return target
+    if mask.dim() == 3:  # (B, T, A) element mask: a step is valid where any of its dims counts
+        mask = mask.any(-1)
     steps = torch.arange(target.shape[1], device=target.device)
     idx = (steps * mask.long()).cummax(dim=1).values  # (B, T) index of the last valid step so far
     return target.gather(1, idx.unsqueeze(-1).expand_as(target))
@@ -121,7 +127,7 @@ class GaussianActionHead(nn.Module):
         """log pi(action | cond) summed over the chunk's valid steps and action dims -> (B,)."""
         lp = self._elementwise_log_prob(action, *self.distribution(cond))  # (B, T, A)
         if mask is not None:
-            lp = lp * mask.to(lp.dtype).unsqueeze(-1)
+            lp = lp * (mask.to(lp.dtype) if mask.dim() == 3 else mask.to(lp.dtype).unsqueeze(-1))
         return lp.sum(dim=(1, 2))
 
     def compute_loss(self, cond, target, mask=None):

@@ -228,21 +228,24 @@ def disc_reward(obs, a):
 
 @torch.no_grad()
 def evaluate(n_episodes, start_seed):
-    """Success rate and mean discriminator reward of the deterministic (mean) policy."""
+    """Success rate, mean discriminator reward and mean over episodes of the best env reward (PushT: goal
+    coverage, a graded measure where success is rare) of the deterministic (mean) policy."""
     env = envs.make_env(task)
-    successes, rewards = [], []
+    successes, rewards, best = [], [], []
     for s in range(start_seed, start_seed + n_episodes):
         obs, info = env.reset(seed=s)
+        best.append(0.0)
         for t in range(spec['max_steps']):
             o = batch_obs([observe(env, obs)])
             mean, _ = policy.distribution(o)
             rewards.append(disc_reward(o, mean).item())
             obs, r, term, trunc, info = env.step(to_env_action(mean[0].numpy()))
+            best[-1] = max(best[-1], float(r))
             if envs.is_success(info) or term or trunc:
                 break
         successes.append(envs.is_success(info))
     env.close()
-    return float(np.mean(successes)), float(np.mean(rewards))
+    return float(np.mean(successes)), float(np.mean(rewards)), float(np.mean(best))
 
 
 @torch.no_grad()
@@ -429,9 +432,10 @@ else:
     if obs_mode == 'state' and bc_iters > 0:
         print(f"BC pretraining: final NLL {bc_pretrain(bc_iters):.3f}")
     if eval_episodes > 0:
-        s, r = evaluate(eval_episodes, envs.TEST_SEED)
-        history.append(dict(iter=0, test_success=s, mean_reward=r))
-        print(f"before GAIL: test success {s:.2f} over {eval_episodes} episodes, mean D reward {r:.3f}")
+        s, r, c = evaluate(eval_episodes, envs.TEST_SEED)
+        history.append(dict(iter=0, test_success=s, mean_reward=r, test_max_reward=c))
+        print(f"before GAIL: test success {s:.2f} over {eval_episodes} episodes, avg max reward {c:.3f}, "
+              f"mean D reward {r:.3f}")
 
 # -----------------------------------------------------------------------------
 # GAIL: rollouts -> discriminator -> PPO on the discriminator's reward
@@ -451,13 +455,14 @@ for it in range(start_it, ppo_iters):
     rec = dict(iter=it + 1, disc_loss=d_loss, disc_acc=d_acc, mean_reward=rewards.mean().item(),
                rollout_success=float(np.mean(ep_success)) if ep_success else None, minutes=(time.time() - t0) / 60)
     if eval_interval > 0 and (it + 1) % eval_interval == 0 and it + 1 < ppo_iters:
-        rec['val_success'], _ = evaluate(min(eval_episodes, 20), envs.VAL_SEED)
+        rec['val_success'], _, rec['val_max_reward'] = evaluate(min(eval_episodes, 20), envs.VAL_SEED)
     history.append(rec)
     print(json.dumps(rec), flush=True)
     save_checkpoint(it + 1, history, carry[2] + 1)
 env.close()
 if eval_episodes > 0:
-    s, r = evaluate(eval_episodes, envs.TEST_SEED)
-    history.append(dict(iter=ppo_iters, test_success=s, mean_reward=r))
+    s, r, c = evaluate(eval_episodes, envs.TEST_SEED)
+    history.append(dict(iter=ppo_iters, test_success=s, mean_reward=r, test_max_reward=c))
     save_checkpoint(ppo_iters, history, carry[2] + 1)
-    print(f"after GAIL: test success {s:.2f} over {eval_episodes} episodes, mean D reward {r:.3f}")
+    print(f"after GAIL: test success {s:.2f} over {eval_episodes} episodes, avg max reward {c:.3f}, "
+          f"mean D reward {r:.3f}")

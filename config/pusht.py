@@ -1,14 +1,19 @@
-# PushT from 96x96 pixels + agent position on one CPU in under 30 minutes (the default recipe; RESULTS.md).
-# The seed's recipe is the MLP head; --action_head_type=diffusion|flow|transformer are alternatives.
+# PushT from 96x96 pixels + agent position on one CPU in under 30 minutes (the default recipe; RESULTS.md):
+# 600 expert demos (~5.5 min to record with 4 worker processes on 2 cores, done once), then 16000 iterations
+# (~21 min). Data is what the policy lacked: with 200 demos it memorized them (train vs held-out open-loop
+# error 12.7 vs 20.7 px) and reached 0.29-0.32; with 600, 0.67. No image augmentation: the simulated camera
+# never moves, and it costs 30% of a step. The seed's recipe is the MLP head; --action_head_type=diffusion|
+# flow|transformer are alternatives.
 task = 'pusht'
 out_dir = 'out/pusht'
-dataset_episodes = 200
+dataset_episodes = 600
+augment = False
 action_head_type = 'mlp'
 action_chunk_size = 16
 n_action_steps = 8
-max_iters = 12000
+max_iters = 16000
 batch_size = 64
 learning_rate = 3e-4
-eval_interval = 3000
+eval_interval = 4000
 eval_episodes = 20
 final_eval_episodes = 100
