@@ -24,13 +24,13 @@ import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # render without a display (Mesa EGL on the CPU); set before mujoco loads
 
-import atexit  # noqa: E402
 import time  # noqa: E402
-import weakref  # noqa: E402
 
 import gymnasium as gym  # noqa: E402
 import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
+
+import envs  # noqa: E402
 from dm_control import mujoco as dm_mujoco  # noqa: E402
 from dm_control.rl import control  # noqa: E402
 from gym_aloha.constants import ASSETS_DIR, DT, START_ARM_POSE  # noqa: E402
@@ -140,10 +140,7 @@ class AlohaEnv(gym.Env):
         at 96 px the cube is ~3 px wide, and blended edge pixels keep its sub-pixel position. A square image
         of this camera is the central crop of the 4:3 view: the whole table, without the arms' bases."""
         if (h, w) not in self._renderers:
-            self._renderers[(h, w)] = mujoco.Renderer(self.physics.model.ptr, ss * h, ss * w)
-            _open_renderers.add(self._renderers[(h, w)])
-            if len(_open_renderers) == 1:  # after mujoco's own exit hook (eglTerminate), so it runs before it
-                atexit.register(_close_all)
+            self._renderers[(h, w)] = envs.new_mujoco_renderer(self.physics.model.ptr, ss * h, ss * w)
         r = self._renderers[(h, w)]
         r.update_scene(self.physics.data.ptr, camera="top")
         r.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
@@ -154,15 +151,6 @@ class AlohaEnv(gym.Env):
         for r in self._renderers.values():
             r.close()
         self._renderers = {}
-
-
-_open_renderers = weakref.WeakSet()
-
-
-def _close_all():
-    """At exit, free GL contexts while EGL is still up (a renderer freed after eglTerminate prints errors)."""
-    for r in list(_open_renderers):
-        r.close()
 
 
 def make_env(task, image_size=96, obs_type=None, max_steps=400):

@@ -23,6 +23,7 @@ Every target moves at most max_step (20) px per env step, so demos look like smo
 Measured (seeds 200000..200099): 100% success, median 91 steps, ~6 ms of planning per decision.
 """
 import argparse
+import atexit
 import contextlib
 import math
 import multiprocessing as mp
@@ -30,6 +31,7 @@ import os
 import sys
 import time
 import warnings
+import weakref
 
 import gymnasium as gym
 import numpy as np
@@ -71,6 +73,26 @@ def _task_spec(task):
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; known tasks: {', '.join(TASKS)} (add an entry to envs.TASKS)")
     return TASKS[task]
+
+
+_open_renderers = weakref.WeakSet()  # MuJoCo renderers of the MuJoCo tasks (aloha.py, lift.py)
+
+
+def new_mujoco_renderer(model, height, width):
+    """An offscreen mujoco.Renderer that is freed at exit while EGL is still up (one freed after mujoco's
+    own exit hook has called eglTerminate prints errors). Our hook is registered after mujoco's, so it runs first."""
+    import mujoco  # the MuJoCo tasks import it first, after setting MUJOCO_GL
+
+    r = mujoco.Renderer(model, height, width)
+    _open_renderers.add(r)
+    if len(_open_renderers) == 1:
+        atexit.register(_close_mujoco_renderers)
+    return r
+
+
+def _close_mujoco_renderers():
+    for r in list(_open_renderers):
+        r.close()
 
 
 def make_env(task, render_mode="rgb_array", obs_type=None):

@@ -41,15 +41,15 @@ import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # render without a display (Mesa EGL on the CPU); set before mujoco loads
 
-import atexit  # noqa: E402
 import contextlib  # noqa: E402
 import logging  # noqa: E402
 import time  # noqa: E402
-import weakref  # noqa: E402
 
 import gymnasium as gym  # noqa: E402
 import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
+
+import envs  # noqa: E402
 
 # robosuite logs advice at import (no private macro file, no robosuite_models, no mink IK) and an INFO line per
 # controller load: noise for us. A filter on its logger (set before the import) keeps errors only
@@ -186,14 +186,11 @@ class LiftEnv(gym.Env):
         own sim.render does not). Visual meshes only (robosuite puts the collision geoms in group 0). Shadows off
         (cheaper on a CPU rasterizer) and 2x supersampling for anti-aliasing: at 96 px the cube is ~4 px wide."""
         if (h, w) not in self._renderers:
-            r = mujoco.Renderer(self.sim.model._model, ss * h, ss * w)
+            r = envs.new_mujoco_renderer(self.sim.model._model, ss * h, ss * w)
             opt = mujoco.MjvOption()
             opt.geomgroup[0] = 0  # collision geoms
             opt.sitegroup[:] = 0  # robosuite's marker sites
             self._renderers[(h, w)] = (r, opt)
-            _open_renderers.add(r)
-            if len(_open_renderers) == 1:  # after mujoco's own exit hook (eglTerminate), so it runs before it
-                atexit.register(_close_all)
         r, opt = self._renderers[(h, w)]
         r.update_scene(self.sim.data._data, camera=CAMERA, scene_option=opt)
         r.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
@@ -204,15 +201,6 @@ class LiftEnv(gym.Env):
         for r, _ in self._renderers.values():
             r.close()
         self._renderers = {}
-
-
-_open_renderers = weakref.WeakSet()
-
-
-def _close_all():
-    """At exit, free GL contexts while EGL is still up (a renderer freed after eglTerminate prints errors)."""
-    for r in list(_open_renderers):
-        r.close()
 
 
 def make_env(spec=SPEC, obs_type=None):
