@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 import data
 import envs
+import pusht
 
 # -----------------------------------------------------------------------------
 # command-line config (python eval.py --key=value); unused when eval.py is imported
@@ -111,7 +112,7 @@ def pose_errors(task, env):
     """PushT: block position error (px of the 512 px arena) and orientation error (deg) to the goal pose."""
     if task != 'pusht':
         return {}
-    s = envs.get_state(env)
+    s = pusht.get_state(env)
     goal = env.unwrapped.goal_pose
     dang = (s[6] - goal[2] + math.pi) % (2 * math.pi) - math.pi  # state: agent xy, agent v, block xy, angle, ...
     return dict(position_error=float(np.hypot(s[4] - goal[0], s[5] - goal[1])), orientation_error=abs(math.degrees(dang)))

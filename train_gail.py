@@ -64,6 +64,7 @@ exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator
 # -----------------------------------------------------------------------------
 import data  # noqa: E402
 import envs  # noqa: E402
+import pusht  # noqa: E402
 from heads import GaussianActionHead  # noqa: E402
 
 if obs_mode not in ('state', 'pixels'):
@@ -96,7 +97,7 @@ def state_features(s):
 def observe(env, obs):
     """What the policy and the discriminator see. state: (10,) features; pixels: the env frame."""
     if obs_mode == 'state':
-        return state_features(envs.get_state(env))
+        return state_features(pusht.get_state(env))
     return envs.obs_to_frame(task, obs)
 
 

@@ -13,6 +13,7 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 import envs  # noqa: E402
+import pusht  # noqa: E402
 from deploy import (ExportedPolicy, SafetyShield, SimRobot, StepPolicy, control_loop, example_inputs,  # noqa: E402
                     export_policy, load_exported)
 from eval import VLAPolicy  # noqa: E402
@@ -190,7 +191,7 @@ def test_sim_control_loop_runs_like_eval(tmp_path):
     robot = SimRobot("pusht", seed=envs.TEST_SEED, max_steps=30)
     shield = SafetyShield(2, 1000.0, workspace_bounds=(0, 512), watchdog_timeout=0)  # never intervenes here
     stats = control_loop(ExportedPolicy(module, meta), robot, shield, rate=200, max_steps=30)
-    deployed_state = envs.get_state(robot.env)
+    deployed_state = pusht.get_state(robot.env)
     robot.close()
     assert stats["steps"] == 30 and stats["p99_ms"] >= stats["p50_ms"] > 0 and stats["missed_deadlines"] >= 0
     assert sum(shield.counts.values()) == 0
@@ -199,7 +200,7 @@ def test_sim_control_loop_runs_like_eval(tmp_path):
     policy = VLAPolicy(model, INSTRUCTION, n_action_steps=2)
     for _ in range(30):
         obs, *_ = env.step(np.asarray(policy(envs.obs_to_frame("pusht", obs)), np.float32))
-    assert np.allclose(envs.get_state(env), deployed_state, atol=1e-3)
+    assert np.allclose(pusht.get_state(env), deployed_state, atol=1e-3)
     env.close()
 
 

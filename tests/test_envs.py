@@ -1,4 +1,4 @@
-"""Tests for envs.py: exact state copies, the planning simulator, frame conversion, the PushT expert
+"""Tests for pusht.py and envs.py: exact state copies, the planning simulator, frame conversion, the PushT expert
 (solves seeds smoothly, answers from arbitrary states) and demo recording read back by data.py."""
 import json
 import subprocess
@@ -11,6 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import data  # noqa: E402
 import envs  # noqa: E402
+import pusht  # noqa: E402
 
 TASK = "pusht"
 
@@ -18,29 +19,29 @@ TASK = "pusht"
 def _advance(env, seed, n=8):
     """A mid-episode state with the block in contact and moving: reset, then drive the agent into it."""
     env.reset(seed=seed)
-    block_xy = envs.get_state(env)[4:6]
+    block_xy = pusht.get_state(env)[4:6]
     for _ in range(n):
         env.step(block_xy.astype(np.float32))
-    return envs.get_state(env)
+    return pusht.get_state(env)
 
 
 def test_set_state_roundtrip_and_determinism():
     a, b, c = (envs.make_env(TASK, obs_type="state") for _ in range(3))
     s = _advance(a, seed=3)
-    assert s.shape == (envs.STATE_DIM,) and s.dtype == np.float64
+    assert s.shape == (pusht.STATE_DIM,) and s.dtype == np.float64
     assert np.abs(s[2:4]).sum() > 0, "agent should be moving in this state"
     _advance(b, seed=3, n=12)  # b has its own history of contacts, c a fresh episode: set_state must
     c.reset(seed=7)  # erase both for the copies to agree
-    envs.set_state(b, s)
-    envs.set_state(c, s)
-    np.testing.assert_array_equal(envs.get_state(b), s)
+    pusht.set_state(b, s)
+    pusht.set_state(c, s)
+    np.testing.assert_array_equal(pusht.get_state(b), s)
     rng = np.random.default_rng(0)
     for _ in range(15):
         act = rng.uniform(100, 400, size=2).astype(np.float32)
         b.step(act)
         c.step(act)
-        np.testing.assert_array_equal(envs.get_state(b), envs.get_state(c))
-    assert not np.allclose(envs.get_state(b), s), "the copies should have moved"
+        np.testing.assert_array_equal(pusht.get_state(b), pusht.get_state(c))
+    assert not np.allclose(pusht.get_state(b), s), "the copies should have moved"
 
 
 def test_set_state_has_no_reset_to_state_shift():
@@ -48,24 +49,24 @@ def test_set_state_has_no_reset_to_state_shift():
     env = envs.make_env(TASK, obs_type="state")
     env.reset(seed=0)
     five = np.array([100.0, 100.0, 300.0, 200.0, 1.0])
-    envs.set_state(env, five)
-    s = envs.get_state(env)
+    pusht.set_state(env, five)
+    s = pusht.get_state(env)
     np.testing.assert_array_equal(s[[0, 1, 4, 5, 6]], five)
     with pytest.raises(ValueError, match="state must have"):
-        envs.set_state(env, np.zeros(7))
+        pusht.set_state(env, np.zeros(7))
 
 
 def test_planning_sim_matches_env_step_bitwise():
     env = envs.make_env(TASK, obs_type="state")
     s = _advance(env, seed=5)
-    sim = envs._Sim(TASK)
-    envs.set_state(sim.env, s)
-    envs.set_state(env, s)
+    sim = pusht._Sim()
+    pusht.set_state(sim.env, s)
+    pusht.set_state(env, s)
     for t in range(10):
         act = np.array([250 + 10 * t, 300 - 5 * t], dtype=np.float32)
         env.step(act)
         sim.step(act)
-        np.testing.assert_array_equal(envs.get_state(sim.env), envs.get_state(env))
+        np.testing.assert_array_equal(pusht.get_state(sim.env), pusht.get_state(env))
 
 
 def test_obs_to_frame_and_unknown_task():
@@ -76,7 +77,7 @@ def test_obs_to_frame_and_unknown_task():
     img, st = frame[spec["image_keys"][0]], frame[spec["state_key"]]
     assert img.dtype == np.uint8 and img.shape == (96, 96, 3) and img.std() > 0
     assert st.dtype == np.float32 and st.shape == (spec["state_dim"],)
-    np.testing.assert_allclose(st, envs.get_state(env)[:2], atol=1e-3)
+    np.testing.assert_allclose(st, pusht.get_state(env)[:2], atol=1e-3)
     with pytest.raises(ValueError, match="pusht"):
         envs.make_env("pushq")
     with pytest.raises(ValueError, match="pixels_agent_pos"):
@@ -87,14 +88,14 @@ def test_goal_geometry_matches_env_coverage():
     """Our shapely coverage and keypoints agree with the env's own success test."""
     env = envs.make_env(TASK, obs_type="state")
     env.reset(seed=0)
-    envs.set_state(env, np.r_[50.0, 50.0, 0, 0, envs.GOAL_POSE, 0, 0, 0])
-    assert envs.keypoint_error(envs.GOAL_POSE) < 1e-9
+    pusht.set_state(env, np.r_[50.0, 50.0, 0, 0, pusht.GOAL_POSE, 0, 0, 0])
+    assert pusht.keypoint_error(pusht.GOAL_POSE) < 1e-9
     _, _, terminated, _, info = env.step(np.array([50, 50], np.float32))
     assert terminated and envs.is_success(info) and envs.coverage(info) > 0.999
-    pose = envs.GOAL_POSE + [3.0, -2.0, 0.05]
-    envs.set_state(env, np.r_[50.0, 50.0, 0, 0, pose, 0, 0, 0])
+    pose = pusht.GOAL_POSE + [3.0, -2.0, 0.05]
+    pusht.set_state(env, np.r_[50.0, 50.0, 0, 0, pose, 0, 0, 0])
     _, _, terminated, _, info = env.step(np.array([50, 50], np.float32))
-    assert not terminated and abs(envs._coverage_of(pose) - envs.coverage(info)) < 1e-9
+    assert not terminated and abs(pusht._coverage_of(pose) - envs.coverage(info)) < 1e-9
 
 
 @pytest.mark.parametrize("seed", [envs.TEST_SEED, envs.TEST_SEED + 1])
@@ -113,19 +114,19 @@ def test_expert_answers_from_arbitrary_states():
     env.reset(seed=0)
     expert = envs.make_expert(TASK, seed=0, max_step=15.0)
     for _ in range(4):
-        s = np.zeros(envs.STATE_DIM)
+        s = np.zeros(pusht.STATE_DIM)
         s[0:2] = rng.uniform(30, 480, 2)
         s[4:6] = rng.uniform(90, 420, 2)
         s[6] = rng.uniform(-np.pi, np.pi)
-        envs.set_state(env, s)
+        pusht.set_state(env, s)
         env.step(s[:2].astype(np.float32))  # let physics separate an agent spawned inside the block
-        s = envs.get_state(env)
+        s = pusht.get_state(env)
         a = expert.get_action(s)
         assert a.shape == (2,) and a.dtype == np.float32 and np.isfinite(a).all()
         assert np.linalg.norm(a - s[:2]) <= 15.0, "first action must start from the agent, within max_step"
     # the expert also takes the live env and the 5-dim state obs, and rejects images
     assert expert.get_action(env).shape == (2,)
-    assert expert.get_action(envs.get_state(env)[[0, 1, 4, 5, 6]]).shape == (2,)
+    assert expert.get_action(pusht.get_state(env)[[0, 1, 4, 5, 6]]).shape == (2,)
     with pytest.raises(ValueError, match="get_state"):
         expert.get_action(np.zeros((96, 96, 3)))
 
@@ -135,13 +136,13 @@ def test_expert_from_perturbed_state_keeps_improving():
     env = envs.make_env(TASK, obs_type="state")
     env.reset(seed=11)
     expert = envs.make_expert(TASK, seed=0)
-    s = envs.get_state(env)
+    s = pusht.get_state(env)
     s[4:7] = [180.0, 330.0, 2.0]  # move the block by hand, as a learner's mistake would
-    envs.set_state(env, s)
-    before = envs.keypoint_error(s[[4, 5, 6]])
+    pusht.set_state(env, s)
+    before = pusht.keypoint_error(s[[4, 5, 6]])
     for _ in range(60):
         env.step(expert.get_action(env))
-    assert envs.keypoint_error(envs.get_state(env)[[4, 5, 6]]) < 0.6 * before
+    assert pusht.keypoint_error(pusht.get_state(env)[[4, 5, 6]]) < 0.6 * before
 
 
 def test_record_demonstrations_roundtrip(tmp_path):

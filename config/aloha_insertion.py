@@ -1,0 +1,16 @@
+# ALOHA bimanual peg insertion (gym-aloha): the left arm holds the socket, the right slides the peg in until it
+# touches the pin. Same CPU-sized recipe as config/aloha_transfer_cube.py (diffusion head, chunk 16, ACT temporal
+# ensembling); demos from aloha.plan_insertion + joint replay.
+task = 'aloha_insertion'
+out_dir = 'out/aloha_insertion'
+dataset_episodes = 50
+action_head_type = 'diffusion'
+action_chunk_size = 16
+n_action_steps = 1
+temporal_ensemble_coeff = 0.01
+max_iters = 6000
+augment = False
+batch_size = 64
+learning_rate = 3e-4
+eval_interval = 0
+final_eval_episodes = 20
