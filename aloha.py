@@ -263,7 +263,7 @@ def plan_transfer_cube(objects, left, right):
 # bar; the peg's end must touch the pin, i.e. go 2 cm into the tube, while both are held off the table
 PEG_IN_HAND = np.array([-0.021, 0.0, -0.038])  # peg center - right grip point after the grasp (measured, seeds 1-2)
 SOCKET_IN_HAND = np.array([0.019, 0.0, -0.037])  # socket center - left grip point
-SOCKET_AT = np.array([-0.05, 0.5, 0.2])  # where the left arm holds the socket: its mouth at x = 0.01, the pin's end at -0.01
+SOCKET_AT = np.array([-0.05, 0.5, 0.2])  # the socket's center in the left hand: mouth at x = 0.01, pin's end at -0.01
 
 
 def plan_insertion(objects, left, right):
@@ -274,15 +274,18 @@ def plan_insertion(objects, left, right):
     peg, socket = np.array([*objects[:2], 0.01]), np.array([*objects[7:9], 0.022])  # resting on the table
     down_r, down_l = qmul(right[1], quat([0, 1, 0], 75)), qmul(left[1], quat([0, 1, 0], 75))
     grip_peg, grip_socket = peg + [0.02, 0, 0.035], socket + [-0.02, 0, 0.035]
-    peg_at = lambda x: np.array([x, SOCKET_AT[1], SOCKET_AT[2]]) - PEG_IN_HAND  # noqa: E731  (grip for peg center x)
+
+    def peg_at(x):  # the right grip point that puts the peg's center at x on the socket's axis
+        return np.array([x, SOCKET_AT[1], SOCKET_AT[2]]) - PEG_IN_HAND
+
     right_wps = [(0, *right, 0),
                  (60, grip_peg + [0, 0, 0.08], down_r, 1),  # above the peg, open
                  (90, grip_peg, down_r, 1),  # down around it
                  (110, grip_peg, down_r, 0),  # close
                  (125, grip_peg, down_r, 0),  # let the fingers settle on it
-                 (170, peg_at(0.15), down_r, 0),  # lift, on the socket's axis 9 cm from its mouth
+                 (170, peg_at(0.15), down_r, 0),  # lift onto the socket's axis, its end 8 cm from the mouth
                  (260, peg_at(0.12), down_r, 0),  # approach slowly while the socket settles
-                 (330, peg_at(0.04), down_r, 0),  # slide in: the peg's end reaches the pin at x = 0.05
+                 (330, peg_at(0.04), down_r, 0),  # slide in: the end meets the pin once the center passes 0.05
                  (400, peg_at(0.04), down_r, 0)]
     left_wps = [(0, *left, 0),
                 (60, grip_socket + [0, 0, 0.08], down_l, 1),

@@ -25,6 +25,7 @@ def _configurator(g, argv):
     keys = [k for k, v in g.items() if not k.startswith('_')
             and isinstance(v, (bool, int, float, str, list, tuple, dict, type(None)))]
     repo_dir = _os.path.dirname(_os.path.abspath(g.get('__file__', 'configurator.py')))
+    defaults = {k: g[k] for k in keys}  # types come from the script, not from a preset loaded before
 
     def fail(msg):
         raise SystemExit(f"configurator: {msg}")
@@ -35,7 +36,7 @@ def _configurator(g, argv):
             hint = f" Did you mean: {', '.join(close)}?" if close else ""
             fail(f"unknown config key '{key}' (from {source}).{hint} "
                  f"Known keys: {', '.join(sorted(keys))}")
-        default = g[key]
+        default = defaults[key]
         if default is not None and value is not None:
             expected = type(default)
             ok = isinstance(value, expected) and not (expected is not bool and isinstance(value, bool))

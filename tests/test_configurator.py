@@ -68,6 +68,13 @@ def test_task_loads_preset_first():
         run_config(['--task=nosuchtask'])
 
 
+def test_flag_may_reset_a_preset_value_to_none():
+    """config/aloha_transfer_cube.py sets temporal_ensemble_coeff=0.01; the script's default is None, so
+    --temporal_ensemble_coeff=None (ensembling off) must pass: types come from the script, not the preset."""
+    g = run_config(['--task=aloha_transfer_cube', '--temporal_ensemble_coeff=None'], script_globals=_train_bc_globals())
+    assert g['temporal_ensemble_coeff'] is None and g['action_head_type'] == 'diffusion'
+
+
 def _train_bc_globals():
     """The config globals of train_bc.py, read without running it (everything above the configurator line)."""
     src = open(os.path.join(REPO, 'train_bc.py')).read()
