@@ -54,6 +54,7 @@ SHIELD_DEFAULTS = {'pusht': dict(max_step_change=40.0),  # expert moves <= 20 px
                    # rad (gripper: fraction) per 20 ms step: the expert's wrist rolls turn up to 0.29 near the
                    # wrist singularity, every other joint < 0.07
                    'aloha_transfer_cube': dict(max_step_change=0.3),
+                   'aloha_insertion': dict(max_step_change=0.3),  # its demos: < 0.13 rad per step
                    # Lift's actions are already velocities (Cartesian steps, bounded to [-1, 1] by the box) and a
                    # gripper command that flips -1 <-> +1: no extra rate limit
                    'lift': dict(max_step_change=2.0)}
