@@ -11,10 +11,8 @@ import multiprocessing as mp
 import os
 import sys
 import time
-import warnings
 import weakref
 
-import gymnasium as gym
 import numpy as np
 
 import pusht  # registers gym_pusht/PushT-v0
@@ -87,11 +85,7 @@ def make_env(task, render_mode="rgb_array", obs_type=None):
     if task == "lift":
         import lift  # robosuite loads only for this task
         return lift.make_env(spec, obs_type)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # gymnasium's passive checker warns about the float64 obs spaces
-        return gym.make(spec["env_id"], obs_type=obs_type or "pixels_agent_pos", render_mode=render_mode,
-                        observation_width=spec["image_size"], observation_height=spec["image_size"],
-                        max_episode_steps=spec["max_steps"])
+    return pusht.make_env(obs_type or "pixels_agent_pos", render_mode, spec["image_size"], spec["max_steps"])
 
 
 def obs_to_frame(task, obs):

@@ -30,14 +30,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+def element_mask(mask, x):
+    """A (B, T) step mask or a (B, T, A) element mask as (B, T, A) weights in x's dtype."""
+    m = mask.to(x.dtype)
+    return m.unsqueeze(-1).expand_as(x) if m.dim() == 2 else m
+
+
 def masked_mean(x, mask=None):
     """Mean of a per-element loss x (B, T, A) over the steps where mask (B, T) is True, or over the
     elements where mask (B, T, A) is True (multi-task: padded action dims of a smaller robot)."""
     if mask is None:
         return x.mean()
-    m = mask.to(x.dtype)
-    if m.dim() == 2:
-        return (x * m.unsqueeze(-1)).sum() / (m.sum() * x.shape[-1]).clamp(min=1.0)
+    m = element_mask(mask, x)
     return (x * m).sum() / m.sum().clamp(min=1.0)
 
 
@@ -127,7 +131,7 @@ class GaussianActionHead(nn.Module):
         """log pi(action | cond) summed over the chunk's valid steps and action dims -> (B,)."""
         lp = self._elementwise_log_prob(action, *self.distribution(cond))  # (B, T, A)
         if mask is not None:
-            lp = lp * (mask.to(lp.dtype) if mask.dim() == 3 else mask.to(lp.dtype).unsqueeze(-1))
+            lp = lp * element_mask(mask, lp)
         return lp.sum(dim=(1, 2))
 
     def compute_loss(self, cond, target, mask=None):
