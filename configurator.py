@@ -4,6 +4,7 @@ then runs `exec(open(os.path.join(os.path.dirname(__file__), 'configurator.py'))
 This overrides those globals from the command line, in order:
 
     python train_bc.py --task=pusht                 # loads config/pusht.py first, sets task='pusht'
+    python train_bc.py --task=pusht_debug           # config/pusht_debug.py, whose own task = 'pusht' stays
     python train_bc.py config/pusht_long.py         # a config file: plain `key = value` lines
     python train_bc.py --batch_size=32 --lr_decay=False --out_dir=out/x
 
@@ -15,6 +16,7 @@ instead of silently creating a new variable. The final config is printed and kep
 dict `config` for logs and checkpoints.
 """
 import ast as _ast
+import builtins as _builtins
 import difflib as _difflib
 import os as _os
 import sys as _sys
@@ -52,13 +54,20 @@ def _configurator(g, argv):
         g[key] = value
 
     def load_file(path):
+        """Run a config file and apply its globals; returns the keys it set."""
         if not _os.path.exists(path):
             fail(f"config file {path} not found")
         scope = {}
-        exec(open(path).read(), scope)
+        try:
+            exec(_builtins.compile(open(path).read(), path, 'exec'), scope)  # (scripts shadow compile)
+        except SyntaxError as e:
+            fail(f"config file {path} line {e.lineno}: {e.msg}. It must hold plain `key = value` lines")
+        set_keys = []
         for k, v in scope.items():
             if not k.startswith('_') and not isinstance(v, type(_os)):
                 check_and_set(k, v, path)
+                set_keys.append(k)
+        return set_keys
 
     # --task=NAME loads config/NAME.py before anything else, wherever it appears (training scripts;
     # a script like eval.py, where --task only names the simulator, sets _task_presets = False)
@@ -69,8 +78,8 @@ def _configurator(g, argv):
             if not _os.path.exists(path):
                 presets = sorted(f[:-3] for f in _os.listdir(_os.path.join(repo_dir, 'config')) if f.endswith('.py'))
                 fail(f"no preset config/{task}.py for --task={task}. Presets: {', '.join(presets)}")
-            load_file(path)
-            check_and_set('task', task, '--task')
+            if 'task' not in load_file(path):  # a preset may name its simulator task (pusht_human -> 'pusht')
+                check_and_set('task', task, '--task')
     for arg in argv:
         if arg.startswith('--task=') and g.get('_task_presets', True):
             continue

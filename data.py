@@ -696,41 +696,81 @@ def augment_batch(images, crop_scale=(0.8, 1.0), crop_ratio=(3 / 4, 4 / 3), max_
     return (x * 255 + 0.5).to(torch.uint8) if images.dtype == torch.uint8 else x.to(images.dtype)
 
 
+def shift_batch(images, pad, generator=None):
+    """Random shift (DrQ, Kostrikov et al. 2020): pad each image by `pad` pixels (edge replicated) and crop
+    it back at a random integer offset, independently per image. On a fixed camera with little data this
+    is the augmentation that matters (Diffusion Policy's random crop is the same idea): the policy cannot
+    key on exact pixel positions, yet the scene's geometry is unchanged. (..., 3, H, W) -> same shape."""
+    shape, (H, W) = images.shape, images.shape[-2:]
+    x = images.reshape(-1, *shape[-3:])
+    M = x.shape[0]
+    padded = torch.nn.functional.pad(x.float() if x.dtype == torch.uint8 else x, (pad, pad, pad, pad), mode="replicate")
+    dy, dx = torch.randint(0, 2 * pad + 1, (2, M, 1), generator=generator).to(images.device)
+    rows, cols = torch.arange(H, device=images.device) + dy, torch.arange(W, device=images.device) + dx  # (M, H), (M, W)
+    out = padded[torch.arange(M, device=images.device)[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # (M, H, W, 3)
+    return out.permute(0, 3, 1, 2).to(images.dtype).reshape(shape)
+
+
 class ManipulationDataset(torch.utils.data.Dataset):
     """LeRobot frames -> the model's batch convention (see contract). Sample i is frame i of the dataset:
-        observation at t -> images (cams, 3, H, W) uint8, proprio (D,)
-        actions t .. t+chunk-1 -> action (chunk, A), action_is_pad (chunk,) True past the episode end
+        observations at t-n_obs+1..t -> images (cams, 3, H, W) uint8, proprio (D,); with n_obs_steps > 1
+                                        images (n_obs, cams, 3, H, W), proprio (n_obs, D)
+        actions t .. t+chunk-1       -> action (chunk, A), action_is_pad (chunk,) True past the episode end
+    The windows are lerobot's delta_timestamps ({key: [seconds relative to t]}), checked against the
+    dataset's fps; steps before an episode's start repeat its first frame (as Diffusion Policy pads).
+    instruction=None conditions every frame on its episode's own task text (meta/tasks).
     Batches are gathered with numpy fancy indexing (get_batch), so use create_dataloader below."""
 
     def __init__(self, lerobot_dataset_or_path, image_keys, state_key="observation.state", action_key="action",
-                 chunk_size=16, instruction=None, augment=False, depth_keys=None, episodes=None):
+                 chunk_size=16, instruction=None, augment=False, depth_keys=None, episodes=None, n_obs_steps=1):
         ds = lerobot_dataset_or_path
         if not isinstance(ds, LeRobotDataset):
             ds = LeRobotDataset(ds, episodes=episodes, camera_keys=list(image_keys))
         for key in [action_key, state_key, *image_keys, *(depth_keys or [])]:
             if key is not None and key not in ds.features:
-                raise KeyError(f"{key!r} is not a feature of {ds.root}; it has {sorted(ds.features)}")
+                hint = (" (pass the dataset's camera keys as image_keys)" if key in image_keys else "")
+                raise KeyError(f"{key!r} is not a feature of {ds.root}{hint}; it has {sorted(ds.features)}")
         self.ds, self.image_keys, self.depth_keys = ds, list(image_keys), list(depth_keys or [])
         self.state_key, self.action_key, self.instruction, self.augment = state_key, action_key, instruction, augment
         self.images = [ds.camera(k) for k in self.image_keys]  # raises now if a video is missing
-        self.offsets = np.arange(chunk_size)
+        self.n_obs_steps = n_obs_steps
+        obs_keys = [k for k in [*self.image_keys, state_key, *self.depth_keys] if k is not None]
+        self.delta_timestamps = {k: [(i - n_obs_steps + 1) / ds.fps for i in range(n_obs_steps)] for k in obs_keys}
+        self.delta_timestamps[action_key] = [i / ds.fps for i in range(chunk_size)]
+        deltas = ds._check_deltas(self.delta_timestamps)  # seconds -> frame offsets, checked against fps
+        self.offsets = deltas[action_key]
+        self.obs_offsets = deltas[obs_keys[0]] if obs_keys else np.zeros(n_obs_steps, np.int64)
 
     def __len__(self):
         return len(self.ds)
+
+    def tasks(self):
+        """The distinct task texts of the frames, most frequent first (what the policy is conditioned on)."""
+        if self.instruction:
+            return [self.instruction]
+        idx, counts = np.unique(self.ds.columns["task_index"], return_counts=True)
+        return [self.ds.meta.tasks[int(i)] for i in idx[np.argsort(-counts, kind="stable")]]
 
     def get_batch(self, idx):
         """idx (B,) ints -> batch dict in the model convention."""
         idx = np.asarray(idx)
         ds = self.ds
+        obs, _ = ds.window(idx, self.obs_offsets)  # (B, n_obs) rows, clamped to the episode start
+        if self.n_obs_steps == 1:
+            obs = obs[:, 0]
         batch = {}
-        if self.image_keys:  # (B, N, H, W, 3) -> (B, N, 3, H, W)
-            batch["images"] = torch.from_numpy(np.stack([im[idx] for im in self.images], 1)).permute(0, 1, 4, 2, 3)
-            batch["images"] = augment_batch(batch["images"]) if self.augment else batch["images"].contiguous()
+        if self.image_keys:  # (B, [n_obs,] N, H, W, 3) -> (B, [n_obs,] N, 3, H, W)
+            im = torch.from_numpy(np.stack([im[obs] for im in self.images], -4))
+            batch["images"] = im.movedim(-1, -3)
+            if self.augment:
+                batch["images"] = augment_batch(batch["images"].flatten(0, -5)).view(batch["images"].shape)
+            else:
+                batch["images"] = batch["images"].contiguous()
         if self.depth_keys:
-            d = np.stack([np.asarray(ds.columns[k][idx], np.float32) for k in self.depth_keys], 1)  # (B, N, H, W, 1)
-            batch["depth"] = torch.from_numpy(d).permute(0, 1, 4, 2, 3)
+            d = np.stack([np.asarray(ds.columns[k][obs], np.float32) for k in self.depth_keys], -4)
+            batch["depth"] = torch.from_numpy(d).movedim(-1, -3)
         if self.state_key is not None:
-            batch["proprio"] = torch.from_numpy(ds.columns[self.state_key][idx].astype(np.float32))
+            batch["proprio"] = torch.from_numpy(ds.columns[self.state_key][obs].astype(np.float32))
         rows, pad = ds.window(idx, self.offsets)
         batch["action"] = torch.from_numpy(ds.columns[self.action_key][rows].astype(np.float32))  # (B, chunk, A)
         batch["action_is_pad"] = torch.from_numpy(pad)
@@ -757,16 +797,33 @@ def create_dataloader(dataset, batch_size, shuffle=True, num_workers=0, drop_las
     return torch.utils.data.DataLoader(dataset, sampler=sampler, batch_size=None, **kw)
 
 
-def frame_to_model_input(frame, image_keys, state_key="observation.state", instruction=None):
-    """A live env frame {key: uint8 (H, W, 3) / float (D,)} -> one sample (no batch dim) like ManipulationDataset."""
-    out = {"images": torch.stack([torch.from_numpy(np.ascontiguousarray(frame[k])).permute(2, 0, 1) for k in image_keys])}
-    if out["images"].dtype != torch.uint8:
-        raise ValueError(f"images {image_keys} must be uint8 (H, W, 3) like the dataset, got {out['images'].dtype}")
+def frame_to_model_input(frame, image_keys, state_key="observation.state", instruction=None, image_hw=None):
+    """A live env frame {key: uint8 (H, W, 3) / float (D,)} -> one sample (no batch dim) like ManipulationDataset.
+    image_hw = the model's (H, W): a camera frame of another size with the same aspect ratio is resized
+    (bilinear, antialiased); another aspect ratio is an error naming both sizes (a different camera)."""
+    images = torch.stack([torch.from_numpy(np.ascontiguousarray(frame[k])).permute(2, 0, 1) for k in image_keys])
+    if images.dtype != torch.uint8:
+        raise ValueError(f"images {image_keys} must be uint8 (H, W, 3) like the dataset, got {images.dtype}")
+    out = {"images": resize_images(images, image_hw) if image_hw is not None else images}
     if state_key is not None:
         out["proprio"] = torch.as_tensor(np.asarray(frame[state_key], np.float32))
     if instruction is not None:
         out["instruction"] = instruction
     return out
+
+
+def resize_images(images, image_hw):
+    """uint8 (..., 3, h, w) -> (..., 3, H, W) for image_hw = (H, W); identity when the size already matches."""
+    h, w = images.shape[-2:]
+    H, W = image_hw
+    if (h, w) == (H, W):
+        return images
+    if abs(h / w - H / W) > 0.02:
+        raise ValueError(f"camera frames are {h}x{w} (HxW) but the policy was trained on {H}x{W} frames, a different "
+                         f"aspect ratio: render or crop the camera to {H}x{W} (the training data's size)")
+    x = torch.nn.functional.interpolate(images.flatten(0, -4).float(), size=(H, W), mode="bilinear",
+                                        antialias=True, align_corners=False)
+    return x.round().clamp(0, 255).to(torch.uint8).view(*images.shape[:-2], H, W)
 
 
 def add_batch_dim(sample):

@@ -84,8 +84,9 @@ class StepPolicy(torch.nn.Module):
 def example_inputs(model):
     """Batch-1 inputs with the shapes the model was built for (uint8 images, float proprio)."""
     c = model.config
-    images = torch.randint(0, 256, (1, c.num_cameras, 3, c.image_size, c.image_size), dtype=torch.uint8)
-    return images, torch.rand(1, c.proprioception_dim) * 100
+    steps = (c.n_obs_steps,) if c.n_obs_steps > 1 else ()  # history: (1, n_obs, cams, 3, H, W), (1, n_obs, P)
+    images = torch.randint(0, 256, (1, *steps, c.num_cameras, 3, *c.image_hw), dtype=torch.uint8)
+    return images, torch.rand(1, *steps, c.proprioception_dim) * 100
 
 
 def export_policy(model, instruction, path, metadata, fmt='torchscript'):
@@ -139,7 +140,8 @@ def export_main():
     c = model.config
     meta = dict(task=tc['task'], instruction=tc['instruction'], image_keys=tc.get('image_keys', spec['image_keys']),
                 state_key=spec['state_key'], action_dim=c.action_dim, proprioception_dim=c.proprioception_dim,
-                image_size=c.image_size, num_cameras=c.num_cameras, chunk_size=c.action_chunk_size,
+                image_size=c.image_size, image_hw=list(c.image_hw), n_obs_steps=c.n_obs_steps,
+                num_cameras=c.num_cameras, chunk_size=c.action_chunk_size,
                 n_action_steps=tc['n_action_steps'], temporal_ensemble_coeff=tc.get('temporal_ensemble_coeff'),
                 action_head_type=c.action_head_type, fps=spec['fps'], source=os.path.abspath(ckpt))
     path = out or os.path.join(ckpt, 'policy.pt' if format == 'torchscript' else 'policy.pt2')
@@ -298,16 +300,17 @@ class ExportedPolicy(VLAPolicy):
         if coeff is not None and self.n_action_steps != 1:
             raise ValueError("temporal ensembling predicts every step: use --n_action_steps=1")
         self.ensemble_coeff = coeff
+        self.image_keys, self.state_key = meta['image_keys'], meta['state_key']
+        self.n_obs_steps = meta.get('n_obs_steps', 1)
+        self.image_hw = tuple(meta['image_hw']) if meta.get('image_hw') else None  # frames are resized to it
         self.reset()
 
     def reset(self):
         self.queue, self.chunks, self.t = deque(), [], 0
+        self.history = deque(maxlen=self.n_obs_steps)
 
     @torch.no_grad()
-    def predict_chunk(self, frame):
-        images = torch.stack([torch.from_numpy(np.ascontiguousarray(frame[k])).permute(2, 0, 1)
-                              for k in self.meta['image_keys']]).unsqueeze(0)
-        proprio = torch.as_tensor(np.asarray(frame[self.meta['state_key']], np.float32)).unsqueeze(0)
+    def predict_chunk(self, images, proprio):
         chunk = self.module(images, proprio)[0].float().numpy()
         if not np.isfinite(chunk).all():
             raise RuntimeError("the exported policy predicted NaN/inf actions")
@@ -321,7 +324,7 @@ def control_loop(policy, robot, shield, rate, max_steps):
     latencies, missed, steps = [], 0, 0
     first = robot.get_observation()
     for _ in range(2):  # warm up: the first calls of a TorchScript module optimize its graph (slow)
-        policy.predict_chunk(first)
+        policy.predict_chunk(*policy.observe(first))
     policy.reset()
     shield.reset(hold=first[policy.meta['state_key']][:robot.action_dim])  # state = the commanded position here
     deadline = time.perf_counter()

@@ -49,8 +49,10 @@ class ManipulationVLAConfig:
     # backbones: offline names are built from config, anything else is a hub id or a local folder
     vlm_backbone: str = "tiny-qwen2"  # 'tiny-qwen2' | causal LM hub id/folder, e.g. Qwen/Qwen2-0.5B-Instruct
     vision_encoder: str = "cnn"  # 'cnn' | 'tiny-siglip' | SigLIP hub id/folder, e.g. google/siglip-base-patch16-224
-    image_size: int = 96  # dataset images are image_size x image_size
+    image_size: int = 96  # dataset image height (and width, unless image_width is set)
+    image_width: int = 0  # dataset image width; 0 = square (image_size)
     num_cameras: int = 1
+    n_obs_steps: int = 1  # observations the policy sees: t-n+1..t (Diffusion Policy conditions on 2)
     use_depth: bool = False  # a small CNN encodes (B, cams, 1, H, W) depth into extra tokens
     use_proprioception: bool = True
     proprioception_dim: int = 2
@@ -91,8 +93,22 @@ class ManipulationVLAConfig:
         if self.use_lora and not self.freeze_llm:
             raise ValueError("use_lora=True trains low-rank adapters INSTEAD of the LM weights: set freeze_llm=True "
                              "as well (or use_lora=False to fine-tune all LM weights)")
-        if self.num_cameras < 1 or self.num_readout_tokens < 1:
-            raise ValueError("num_cameras and num_readout_tokens must be >= 1")
+        if self.num_cameras < 1 or self.num_readout_tokens < 1 or self.n_obs_steps < 1:
+            raise ValueError("num_cameras, num_readout_tokens and n_obs_steps must be >= 1")
+
+    @property
+    def image_hw(self):
+        """(height, width) of the frames the model was trained on."""
+        return self.image_size, self.image_width or self.image_size
+
+
+DATASET_FIELDS = ("image_size", "image_width", "num_cameras", "proprioception_dim", "action_dim")  # set from the data
+
+
+def config_defaults():
+    """Every ManipulationVLAConfig field a training script exposes as a config key, with its default
+    (the dataset decides the shapes in DATASET_FIELDS)."""
+    return {f.name: f.default for f in fields(ManipulationVLAConfig) if f.name not in DATASET_FIELDS}
 
 
 class ByteTokenizer:
@@ -243,11 +259,14 @@ class ManipulationVLA(nn.Module):
         self.vision, mean, std = build_vision(cfg, saved.get("vision_config"))
         self.vision_proj = nn.Linear(self.vision.out_dim, D)  # image tokens -> LM embedding space
         self.camera_embed = nn.Parameter(torch.zeros(cfg.num_cameras, 1, D))  # which camera a token is from
+        if cfg.n_obs_steps > 1:  # which observation step a token is from (t-n+1 .. t)
+            self.obs_step_embed = nn.Parameter(torch.zeros(cfg.n_obs_steps, 1, 1, D))
         if cfg.use_depth:
             self.depth_encoder = ConvEncoder(1, cfg.cnn_width // 2, cfg.vision_grid)
             self.depth_proj = nn.Linear(self.depth_encoder.out_dim, D)
         if cfg.use_proprioception:
-            self.proprio_mlp = nn.Sequential(nn.Linear(cfg.proprioception_dim, D), nn.GELU(), nn.Linear(D, D))
+            self.proprio_mlp = nn.Sequential(nn.Linear(cfg.n_obs_steps * cfg.proprioception_dim, D), nn.GELU(),
+                                             nn.Linear(D, D))
         self.readout = nn.Parameter(0.02 * torch.randn(cfg.num_readout_tokens, D))
         self.head = self._build_head(D)
         # normalization statistics (buffers: saved with the weights); identity until set
@@ -330,16 +349,27 @@ class ManipulationVLA(nn.Module):
         return dict(text_embeds=emb(ids.to(emb.weight.device)), text_mask=mask.to(emb.weight.device))
 
     def _image_tokens(self, images, depth=None):
-        """(B, cams, 3, H, W) uint8/float -> (B, cams*Ni, D) tokens (+ depth tokens)."""
+        """(B, cams, 3, H, W) or, with n_obs_steps > 1, (B, n_obs, cams, 3, H, W) uint8/float
+        -> (B, n_obs*cams*Ni, D) tokens (+ depth tokens). Every step's images go through the same encoder;
+        a learned embedding per step tells the LM which observation a token comes from."""
+        n_obs = self.config.n_obs_steps
         if images.dim() == 4:  # a single camera without its axis
             images = images.unsqueeze(1)
-        B, cams = images.shape[:2]
-        if cams != self.config.num_cameras:
-            raise ValueError(f"images have {cams} cameras, the model was built for num_cameras={self.config.num_cameras}")
+        if images.dim() == 5:
+            images = images.unsqueeze(1)  # (B, 1, cams, 3, H, W)
+        B, steps, cams = images.shape[:3]
+        if cams != self.config.num_cameras or steps != n_obs:
+            raise ValueError(f"images have {steps} observation steps x {cams} cameras, the model was built for "
+                             f"n_obs_steps={n_obs} x num_cameras={self.config.num_cameras}")
+        if tuple(images.shape[-2:]) != self.config.image_hw:
+            raise ValueError(f"images are {tuple(images.shape[-2:])} (H, W) but the model was trained on "
+                             f"{self.config.image_hw}: resize frames with data.frame_to_model_input(image_hw=...)")
         x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-        x = (x.flatten(0, 1) - self.image_mean) / self.image_std  # (B*cams, 3, H, W)
-        tok = self.vision_proj(self.vision(x)).view(B, cams, -1, self.readout.shape[-1]) + self.camera_embed
-        tokens = [tok.flatten(1, 2)]
+        x = (x.flatten(0, 2) - self.image_mean) / self.image_std  # (B*steps*cams, 3, H, W)
+        tok = self.vision_proj(self.vision(x)).view(B, steps, cams, -1, self.readout.shape[-1]) + self.camera_embed
+        if n_obs > 1:
+            tok = tok + self.obs_step_embed
+        tokens = [tok.flatten(1, 3)]
         if self.config.use_depth:
             if depth is None:
                 raise ValueError("use_depth=True but the batch has no 'depth' (B, cams, 1, H, W)")
@@ -353,7 +383,8 @@ class ManipulationVLA(nn.Module):
         B = images.shape[0]
         obs = [self._image_tokens(images, depth)]
         if self.config.use_proprioception:
-            obs.append(self.proprio_mlp(self.normalize_proprio(proprio.float())).unsqueeze(1))  # (B, 1, D)
+            p = self.normalize_proprio(proprio.float())  # (B, P) or (B, n_obs, P): all steps in one token
+            obs.append(self.proprio_mlp(p.reshape(B, -1)).unsqueeze(1))  # (B, 1, D)
         obs.append(self.readout.unsqueeze(0).expand(B, -1, -1))
         obs = torch.cat(obs, dim=1)  # (B, No, D)
         if text_embeds.shape[0] == 1 and B > 1:

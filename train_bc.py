@@ -33,6 +33,7 @@ out_dir = 'out/pusht'
 dataset = ''  # LeRobot dataset: local folder or hub id; '' = data/<task>_<N>ep, recorded by the expert if missing
 dataset_episodes = 200  # expert episodes to record when the dataset is missing
 dataset_video = False  # store recorded images as mp4 (True) or PNG in parquet (False)
+train_episodes = None  # a list of the dataset's episode indices to train on, e.g. [0, 1]; None = all
 log_interval = 25  # iterations between log lines in out_dir/log.jsonl
 eval_interval = 1000  # iterations between closed-loop evaluations (0 = only at the end)
 eval_episodes = 20  # episodes per periodic evaluation, on validation seeds
@@ -40,8 +41,11 @@ final_eval_episodes = 100  # episodes of the final evaluation, on held-out test 
 ckpt_interval = 500  # iterations between checkpoints (written atomically)
 resume = False  # continue from out_dir's last checkpoint
 init_from = ''  # '' = new model from the config below; a checkpoint folder = fine-tune it (DAgger does)
+instruction = ''  # '' = each episode's own task text from the dataset (stored in the checkpoint for eval/deploy)
 # data
 augment = True  # random crop / color jitter / small affine on training images
+augment_shift = 0  # pixels: random image shift of up to +-N px (DrQ, Kostrikov et al. 2020); 0 = off
+n_obs_steps = 1  # observations t-n+1..t the policy conditions on (Diffusion Policy uses 2), via delta_timestamps
 # model (fields of model.ManipulationVLAConfig; dims come from the dataset)
 vision_encoder = 'cnn'  # 'cnn' | 'tiny-siglip' | a SigLIP hub id or folder
 vlm_backbone = 'tiny-qwen2'  # 'tiny-qwen2' | a causal-LM hub id or folder, e.g. Qwen/Qwen2-0.5B-Instruct
@@ -71,6 +75,10 @@ device = 'auto'  # 'auto' | 'cpu' | 'cuda' | 'cuda:1' | 'mps'
 mixed_precision = 'no'  # 'no' | 'bf16' | 'fp16' (autocast on GPU only)
 compile = False  # torch.compile the model
 seed = 1337
+# every other field of model.ManipulationVLAConfig is a config key too, with the dataclass's default
+# (--hidden_size=256, --diffusion_inference_steps=16, ...); the dataset sets the shapes (model.DATASET_FIELDS)
+from model import config_defaults  # noqa: E402
+globals().update({k: v for k, v in config_defaults().items() if k not in globals()})
 # -----------------------------------------------------------------------------
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 # -----------------------------------------------------------------------------
@@ -137,10 +145,23 @@ if not dataset and not os.path.exists(os.path.join(dataset_path, 'meta', 'info.j
         dist.barrier()
 train_set = data.ManipulationDataset(dataset_path, image_keys=task_spec['image_keys'],
                                      state_key=task_spec['state_key'], chunk_size=action_chunk_size,
-                                     instruction=task_spec['instruction'])
+                                     instruction=instruction or None, n_obs_steps=n_obs_steps,
+                                     episodes=train_episodes)
 meta = train_set.ds.meta
 stats = meta.stats
-print0(f"dataset {dataset_path}: {len(train_set)} frames, {meta.total_episodes} episodes")
+print0(f"dataset {dataset_path}: {len(train_set)} frames, {len(train_set.ds.episodes)} of its {meta.total_episodes} episodes")
+# the policy is conditioned on the dataset's own task text; evaluation and deployment use the same (stored) text
+instructions = train_set.tasks()
+eval_instruction = instructions[0]
+print0(f"instruction{'s' if len(instructions) > 1 else ''} (from {'--instruction' if instruction else 'the dataset'}): "
+       + "; ".join(repr(t) for t in instructions) + (f" (evaluation uses the first)" if len(instructions) > 1 else ""))
+if eval_instruction != task_spec['instruction']:
+    print0(f"note: this differs from envs.TASKS['{task}'] instruction {task_spec['instruction']!r}; the policy is "
+           f"conditioned on {eval_instruction!r}, which the checkpoint stores for eval.py and deploy.py")
+frame_hw = tuple(meta.features[task_spec['image_keys'][0]]['shape'][:2])
+if tuple(frame_hw) != (task_spec['image_size'], task_spec['image_size']):
+    print0(f"note: dataset frames are {frame_hw[0]}x{frame_hw[1]}, the simulator renders {task_spec['image_size']}x"
+           f"{task_spec['image_size']}: evaluation resizes its frames to the dataset's size (or stops if the aspect differs)")
 
 
 def batch_indices(epoch):
@@ -176,9 +197,12 @@ if init_from:  # fine-tune: architecture, weights and normalization statistics c
     model = ManipulationVLA.from_pretrained(init_from)
     model_config = model.config
     print0(f"initialized from {init_from}; its config wins over model keys given here")
+    if model_config.image_hw != frame_hw or model_config.n_obs_steps != n_obs_steps:
+        raise SystemExit(f"{init_from} was trained on {model_config.image_hw} frames with n_obs_steps="
+                         f"{model_config.n_obs_steps}; this dataset has {frame_hw} frames and --n_obs_steps={n_obs_steps}")
 else:
     model_config = ManipulationVLAConfig(**{k: v for k, v in config.items() if k in model_fields},
-                                         image_size=meta.features[task_spec['image_keys'][0]]['shape'][0],
+                                         image_size=frame_hw[0], image_width=0 if frame_hw[0] == frame_hw[1] else frame_hw[1],
                                          num_cameras=len(task_spec['image_keys']),
                                          proprioception_dim=meta.features[task_spec['state_key']]['shape'][0],
                                          action_dim=meta.features['action']['shape'][0])
@@ -278,7 +302,7 @@ if resume:
     print0(f"resumed from {out_dir} at iteration {iter_num}")
 if master_process:
     write_json(os.path.join(out_dir, 'train_config.json'),
-               dict(config, instruction=task_spec['instruction'], image_keys=task_spec['image_keys'],
+               dict(config, instruction=eval_instruction, instructions=instructions, image_keys=task_spec['image_keys'],
                     dataset_path=dataset_path, num_frames=len(train_set)))
 if compile:
     model = torch.compile(model)
@@ -289,7 +313,7 @@ raw_model = model._orig_mod if compile else model
 def evaluate(n_episodes, start_seed, video_dir=None):
     """Closed-loop success in the simulator; the global RNG is forked so evaluating does not
     change the training run's random stream (resumed runs stay identical)."""
-    policy = VLAPolicy(eval_model, instruction=task_spec['instruction'], n_action_steps=n_action_steps,
+    policy = VLAPolicy(eval_model, instruction=eval_instruction, n_action_steps=n_action_steps,
                        temporal_ensemble_coeff=temporal_ensemble_coeff, image_keys=task_spec['image_keys'])
     evaluator = ManipulationEvaluator(task, n_episodes=n_episodes, start_seed=start_seed,
                                       video_dir=video_dir, n_videos=2 if video_dir else 0)
@@ -313,7 +337,7 @@ def log(record):
 batches = batches_from(iter_num)
 pbar = tqdm(range(iter_num, max_iters), initial=iter_num, total=max_iters, disable=not master_process,
             desc='train', dynamic_ncols=True)
-t_start = time.time()
+t_start, eval_seconds = time.time(), 0.0  # log 'time' is wall clock, 'train_time' leaves out the evaluations
 for it in pbar:
     lr = get_lr(it)
     for group in optimizer.param_groups:
@@ -323,7 +347,9 @@ for it in pbar:
     for micro_step in range(gradient_accumulation_steps):
         batch = next(batches)
         if augment:
-            batch['images'] = data.augment_batch(batch['images'])
+            batch['images'] = data.augment_batch(batch['images'].flatten(0, -5)).view(batch['images'].shape)
+        if augment_shift > 0:  # translation only: the camera is fixed, but shifts stop pixel-exact memorization
+            batch['images'] = data.shift_batch(batch['images'], augment_shift)
         if ddp:  # only sync gradients on the last micro-step (nanoGPT)
             train_model.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
         with autocast:
@@ -352,16 +378,20 @@ for it in pbar:
     if step % log_interval == 0 or step == max_iters:
         log(dict(iter=step, loss=loss_sum, lr=lr, grad_norm=grad_norm, time=time.time() - t_start))
     if master_process and eval_interval > 0 and step % eval_interval == 0 and step < max_iters:
+        t_eval = time.time()
         m = evaluate(eval_episodes, start_seed=envs.VAL_SEED)  # validation seeds, not the test seeds
+        eval_seconds += time.time() - t_eval
         log(dict(iter=step, eval_success=m['success_rate'], eval_max_reward=m['avg_max_reward'],
-                 time=time.time() - t_start))
+                 time=time.time() - t_start, train_time=time.time() - t_start - eval_seconds))
         pbar.write(f"iter {step}: validation success {m['success_rate']:.2f} over {eval_episodes} episodes")
         if m['success_rate'] > best_success:
             best_success = m['success_rate']
             eval_model.save_pretrained(os.path.join(out_dir, 'best'))
+            shutil.copyfile(os.path.join(out_dir, 'train_config.json'), os.path.join(out_dir, 'best', 'train_config.json'))
     if master_process and (step % ckpt_interval == 0 or step == max_iters):
         save_training_state(step, best_success)
 pbar.close()
+train_seconds = time.time() - t_start - eval_seconds
 train_minutes = (time.time() - t_start) / 60
 
 # DDP sanity check: every rank must hold identical parameters after training
@@ -379,7 +409,8 @@ if master_process:
     if final_eval_episodes > 0:
         m = evaluate(final_eval_episodes, start_seed=envs.TEST_SEED, video_dir=os.path.join(out_dir, 'videos'))
         write_json(os.path.join(out_dir, 'eval.json'), m)
-        log(dict(iter=max_iters, test_success=m['success_rate'], time=time.time() - t_start))
+        log(dict(iter=max_iters, test_success=m['success_rate'], test_max_reward=m['avg_max_reward'],
+                 time=time.time() - t_start, train_time=train_seconds))
         summary = (f"success {m['success_rate']:.2f} over {final_eval_episodes} held-out episodes "
                    f"(avg max reward {m['avg_max_reward']:.3f})")
     else:

@@ -1,0 +1,57 @@
+"""
+Success against training time, from the log.jsonl of one or more train_bc.py runs (validation
+evaluations during training, the final test evaluation at the end), with a public reference line.
+
+    python bench/plot_success_vs_time.py out/pusht_human out/heads_flow --out=docs/pusht_human_success.png \
+        --reference=0.638 --reference_label="LeRobot diffusion_pusht (200k steps, ~7 h on an RTX 3090)"
+
+Prints one table (run, iteration, minutes, success, split) and writes the PNG.
+"""
+import argparse
+import json
+import os
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def points(run):
+    """-> [(iteration, minutes of training (train_time: evaluations left out), success, 'val' | 'test')] from run/log.jsonl."""
+    out = []
+    for line in open(os.path.join(run, 'log.jsonl')):
+        r = json.loads(line)
+        for key, split in (('eval_success', 'val'), ('test_success', 'test')):
+            if key in r:
+                out.append((r['iter'], r.get('train_time', r['time']) / 60, r[key], split))
+    return out
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('runs', nargs='+')
+    p.add_argument('--out', default='success_vs_time.png')
+    p.add_argument('--reference', type=float, default=None)
+    p.add_argument('--reference_label', default='reference')
+    args = p.parse_args()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    print(f"{'run':<28} {'iter':>7} {'minutes':>8} {'success':>8}  split")
+    for run in args.runs:
+        pts = points(run)
+        for it, minutes, success, split in pts:
+            print(f"{os.path.basename(run.rstrip('/')):<28} {it:>7} {minutes:>8.1f} {success:>8.3f}  {split}")
+        ax.plot([m for _, m, _, _ in pts], [s for _, _, s, _ in pts], 'o-', label=os.path.basename(run.rstrip('/')))
+    if args.reference is not None:
+        ax.axhline(args.reference, color='gray', ls='--', label=args.reference_label)
+    ax.set(xlabel='training time (min, evaluations left out)', ylabel='success rate', ylim=(0, 1),
+           title='success vs training time')
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    fig.savefig(args.out, dpi=120)
+    print(f"wrote {args.out}")
+
+
+if __name__ == '__main__':
+    main()
