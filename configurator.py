@@ -99,6 +99,46 @@ def _configurator(g, argv):
     return {k: g[k] for k in keys}
 
 
+# Ranges of the numeric keys the scripts share, checked once every override is in (before any data is loaded
+# or recorded): key -> (test, what it must be). A script without the key skips its rule.
+_RANGES = {
+    'max_iters': (lambda v: v >= 1, '>= 1'), 'batch_size': (lambda v: v >= 1, '>= 1'),
+    'gradient_accumulation_steps': (lambda v: v >= 1, '>= 1'), 'log_interval': (lambda v: v >= 1, '>= 1'),
+    'ckpt_interval': (lambda v: v >= 1, '>= 1'), 'eval_interval': (lambda v: v >= 0, '>= 0 (0 = only at the end)'),
+    'eval_episodes': (lambda v: v >= 0, '>= 0'), 'final_eval_episodes': (lambda v: v >= 0, '>= 0'),
+    'dataset_episodes': (lambda v: v >= 1, '>= 1'), 'action_chunk_size': (lambda v: v >= 1, '>= 1'),
+    'n_obs_steps': (lambda v: v >= 1, '>= 1'), 'augment_shift': (lambda v: v >= 0, '>= 0 pixels'),
+    'learning_rate': (lambda v: 0 < v < float('inf'), 'a finite number > 0'),
+    'min_lr': (lambda v: 0 <= v < float('inf'), 'a finite number >= 0'),
+    'warmup_iters': (lambda v: v >= 0, '>= 0'), 'lr_decay_iters': (lambda v: v >= 0, '>= 0 (0 = max_iters)'),
+    'weight_decay': (lambda v: 0 <= v < float('inf'), '>= 0'), 'max_grad_norm': (lambda v: v >= 0, '>= 0 (0 = off)'),
+    'ema_decay': (lambda v: 0 <= v < 1, 'in [0, 1) (0 = off; 0.995 averages ~200 steps)'),
+    'betas': (lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), 'two numbers in [0, 1), e.g. (0.9, 0.95)'),
+}
+
+
+def _check_ranges(cfg):
+    """Refuse out-of-range values with the fix, and a device this machine does not have."""
+    for key, (ok, must) in _RANGES.items():
+        if key in cfg and cfg[key] is not None and not ok(cfg[key]):
+            raise SystemExit(f"configurator: {key}={cfg[key]!r} is out of range: it must be {must}; pass --{key}=...")
+    if cfg.get('min_lr', 0) > cfg.get('learning_rate', float('inf')):
+        raise SystemExit(f"configurator: min_lr={cfg['min_lr']} exceeds learning_rate={cfg['learning_rate']}: "
+                         f"the cosine schedule decays from learning_rate down to min_lr")
+    device = str(cfg.get('device', 'cpu'))
+    if device.startswith('cuda') or device == 'mps':
+        import torch
+        if device.startswith('cuda') and not torch.cuda.is_available():
+            raise SystemExit(f"configurator: --device={device} but torch sees no CUDA GPU on this machine "
+                             f"(torch {torch.__version__}); use --device=cpu (or --device=auto)")
+        if device.startswith('cuda:') and int(device[5:]) >= torch.cuda.device_count():
+            raise SystemExit(f"configurator: --device={device} but only {torch.cuda.device_count()} CUDA GPU(s) "
+                             f"are visible; use --device=cuda:0 or --device=cpu")
+        if device == 'mps' and not torch.backends.mps.is_available():
+            raise SystemExit("configurator: --device=mps but Apple's MPS backend is not available; use --device=cpu")
+
+
 config = _configurator(globals(), _sys.argv[1:])
+_check_ranges(config)
 if int(_os.environ.get('RANK', 0)) == 0:
     print("config: " + ", ".join(f"{k}={v!r}" for k, v in config.items()))

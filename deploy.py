@@ -1,13 +1,17 @@
 """
-Deployment: export a trained policy to one file, then drive a robot with it at a fixed rate
-behind a safety shield.
+Deployment: run a trained policy on a robot at a fixed rate behind a safety shield, or export it to one file.
 
+    python deploy.py run --policy=out/pusht --robot=sim --rate=10 --episodes=10       # a checkpoint folder
     python deploy.py export --ckpt=out/pusht --out=out/pusht/policy.pt                 # TorchScript
     python deploy.py export --ckpt=out/pusht --out=out/pusht/policy.pt2 --format=export # torch.export
-    python deploy.py run --policy=out/pusht/policy.pt --robot=sim --task=pusht --rate=10 --episodes=10
 
-The exported file maps (images uint8 (1, cams, 3, H, W), proprioception (1, P)) to RAW actions
-(1, chunk, A): the instruction's language features are computed once at export and stored as
+`run` loads a checkpoint folder: model.safetensors + JSON, weights only, run with this repository's
+model code, so a policy file from anywhere cannot execute anything. An exported .pt/.pt2 is a
+program (TorchScript, or a pickle inside torch.export's archive): loading one can run arbitrary code,
+so `run` refuses it unless --trust_exported_code=True, which is for files you exported yourself.
+
+The exported file maps (images uint8 (1, [n_obs,] cams, 3, H, W), proprioception (1, [n_obs,] P)) to RAW
+actions (1, chunk, A): the instruction's language features are computed once at export and stored as
 buffers, the normalization statistics are the model's buffers, so nothing else is needed to run
 it: `torch.jit.load(path)` (or `torch.export.load(path).module()`) without this repository.
 A Hugging Face backbone cannot be scripted (dynamic Python inside), so we TRACE the per-step
@@ -15,6 +19,7 @@ function ManipulationVLA.act for batch 1: the traced graph is exactly the ops on
 
 The control loop: observe -> policy (action chunks through a queue, or ACT temporal ensembling)
 -> SafetyShield -> robot, paced to a fixed rate, with latency and missed-deadline statistics.
+This file imports no simulator unless --robot=sim: a robot computer needs torch, numpy and the repo.
 """
 import json
 import logging
@@ -27,14 +32,16 @@ from collections import deque
 import numpy as np
 import torch
 
-from eval import VLAPolicy  # the action queue / ACT temporal ensembling that eval.py runs
+import data  # frame -> model input (no simulator: deploy.py runs on a robot computer)
 
 # -----------------------------------------------------------------------------
 # config (python deploy.py <export|run> --key=value)
 ckpt = ''  # export: checkpoint folder written by train_bc.py
 out = ''  # export: output file ('' = <ckpt>/policy.pt or policy.pt2)
 format = 'torchscript'  # export: 'torchscript' (.pt, torch.jit.load) | 'export' (.pt2, torch.export.load)
-policy = ''  # run: an exported file
+policy = ''  # run: a checkpoint folder (weights + JSON, run with this repo's model code), or an exported file
+trust_exported_code = False  # run: an exported .pt/.pt2 is a PROGRAM (TorchScript / pickle): loading one can run
+#                              arbitrary code. True runs it; only for files you exported yourself and kept safe
 robot = 'sim'  # run: 'sim' (the task's simulator) | 'ros2' (not available on this machine, see ROS2Robot)
 task = ''  # run: '' = the task stored in the exported file
 instruction = ''  # run: must match the exported instruction ('' = the stored one)
@@ -59,6 +66,106 @@ SHIELD_DEFAULTS = {'pusht': dict(max_step_change=40.0),  # expert moves <= 20 px
                    # gripper command that flips -1 <-> +1: no extra rate limit
                    'lift': dict(max_step_change=2.0)}
 META_FILE = 'nanovla.json'  # metadata stored inside the exported file
+
+
+# -----------------------------------------------------------------------------
+# the policy: model + action chunking, as eval.py and the robot run it
+
+
+class VLAPolicy:
+    """A trained ManipulationVLA as a closed-loop controller.
+
+    Action chunking (Zhao et al. 2023, ACT): the model predicts `chunk` future actions from one
+    observation; we execute the first n_action_steps open loop, then observe and predict again.
+    With temporal_ensemble_coeff w (and n_action_steps=1) every step re-predicts and the action
+    for time t averages all chunks that cover t with weights exp(-w * i), i=0 the oldest, which
+    smooths the motion at the cost of one forward pass per step.
+    Observation history: every step's frame enters a queue of the model's n_obs_steps last frames
+    (the first frame of an episode fills it, as the dataset pads), even while actions come from the
+    queue, so a prediction always sees the steps t-n+1..t, as in training.
+    """
+
+    raise_on_nonfinite = True
+
+    def __init__(self, model, instruction, n_action_steps, temporal_ensemble_coeff=None,
+                 image_keys=('observation.image',), state_key='observation.state'):
+        if temporal_ensemble_coeff is not None and n_action_steps != 1:
+            raise ValueError("temporal ensembling predicts every step: use n_action_steps=1")
+        self.model, self.instruction, self.n_action_steps = model, instruction, n_action_steps
+        self.ensemble_coeff, self.image_keys, self.state_key = temporal_ensemble_coeff, list(image_keys), state_key
+        cfg = getattr(model, 'config', None)
+        self.n_obs_steps = getattr(cfg, 'n_obs_steps', 1)
+        self.image_hw = cfg.image_hw if cfg is not None else None
+        self.device = next(model.parameters()).device
+        self.text = None
+        self.reset()
+
+    def reset(self):
+        """New episode: forget queued actions and observations; the instruction's text features are computed once."""
+        self.queue = deque()
+        self.history = deque(maxlen=self.n_obs_steps)
+        self.chunks = []  # temporal ensembling: (step the chunk was predicted at, (chunk, A) array)
+        self.t = 0
+        if self.text is None:
+            with torch.no_grad():
+                self.text = self.model.encode_instruction([self.instruction])
+
+    def observe(self, frame):
+        """Add one frame to the observation history -> (images, proprio) of the last n_obs_steps, batch of 1:
+        (1, cams, 3, H, W) and (1, P), or (1, n_obs, cams, 3, H, W) and (1, n_obs, P)."""
+        sample = data.frame_to_model_input(frame, self.image_keys, self.state_key, image_hw=self.image_hw)
+        while len(self.history) < self.n_obs_steps - 1:
+            self.history.append(sample)
+        self.history.append(sample)
+        if self.n_obs_steps == 1:
+            return sample['images'][None], sample['proprio'][None]
+        return (torch.stack([s['images'] for s in self.history])[None],
+                torch.stack([s['proprio'] for s in self.history])[None])
+
+    @torch.no_grad()
+    def predict_chunk(self, images, proprio):
+        batch = {'images': images.to(self.device), 'proprio': proprio.to(self.device), 'instruction': [self.instruction]}
+        return self.model.predict_action(batch, instruction_cache=self.text)[0].float().cpu().numpy()
+
+    def _chunk(self, obs):
+        """Predict a chunk; NaN/inf stops an evaluation, while on a robot (deploy.py sets
+        raise_on_nonfinite=False) it flows on to the safety shield, which holds and counts it."""
+        chunk = self.predict_chunk(*obs)
+        if self.raise_on_nonfinite and not np.isfinite(chunk).all():
+            raise RuntimeError("the policy predicted NaN/inf actions: the checkpoint is broken (training diverged?)")
+        return chunk
+
+    def __call__(self, frame, env=None):
+        """frame: {image key: uint8 (H, W, 3), state key: (D,)} -> action (A,) in raw units."""
+        obs = self.observe(frame)
+        if self.ensemble_coeff is not None:
+            self.chunks.append((self.t, self._chunk(obs)))
+            self.chunks = [(t0, c) for t0, c in self.chunks if self.t - t0 < len(c)]
+            acts = np.stack([c[self.t - t0] for t0, c in self.chunks])  # oldest first
+            w = np.exp(-self.ensemble_coeff * np.arange(len(acts)))
+            action = (w[:, None] * acts).sum(0) / w.sum()
+        else:
+            if not self.queue:
+                self.queue.extend(self._chunk(obs)[:self.n_action_steps])
+            action = self.queue.popleft()
+        self.t += 1
+        return action
+
+
+def load_policy(ckpt_dir, device='cpu', n_action_steps=0, temporal_ensemble_coeff=-1.0):
+    """A checkpoint folder -> (train_config dict, VLAPolicy). Loads weights, not code: model.safetensors and
+    JSON, with this repository's model code; train_config.json says which task, instruction and cameras."""
+    from model import ManipulationVLA
+    cfg_path = os.path.join(ckpt_dir, 'train_config.json')
+    if not os.path.exists(cfg_path):
+        raise FileNotFoundError(f"{cfg_path} is missing: pass a folder written by train_bc.py / train_dagger.py")
+    with open(cfg_path) as f:
+        tc = json.load(f)
+    model = ManipulationVLA.from_pretrained(ckpt_dir).to(device).eval()
+    coeff = tc.get('temporal_ensemble_coeff') if temporal_ensemble_coeff < 0 else temporal_ensemble_coeff
+    pol = VLAPolicy(model, tc['instruction'], n_action_steps or tc['n_action_steps'], coeff,
+                    image_keys=tc['image_keys'], state_key=tc.get('state_key', 'observation.state'))
+    return tc, pol
 
 
 # -----------------------------------------------------------------------------
@@ -135,15 +242,18 @@ def export_main():
                          f"pass the out_dir of train_bc.py, e.g. --ckpt=out/pusht")
     tc = json.load(open(tc_path))
     model = ManipulationVLA.from_pretrained(ckpt).eval()
-    import envs
-    spec = envs.TASKS[tc['task']]
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise SystemExit(f"refusing to export {ckpt}: non-finite (NaN/inf) values in {bad[:5]}"
+                         f"{' ...' if len(bad) > 5 else ''}; the run diverged: export an earlier checkpoint (best/)")
     c = model.config
     meta = dict(task=tc['task'], instruction=tc['instruction'], image_keys=tc.get('image_keys', spec['image_keys']),
-                state_key=spec['state_key'], action_dim=c.action_dim, proprioception_dim=c.proprioception_dim,
+                state_key=tc.get('state_key', 'observation.state'), action_dim=c.action_dim,
+                proprioception_dim=c.proprioception_dim,
                 image_size=c.image_size, image_hw=list(c.image_hw), n_obs_steps=c.n_obs_steps,
                 num_cameras=c.num_cameras, chunk_size=c.action_chunk_size,
                 n_action_steps=tc['n_action_steps'], temporal_ensemble_coeff=tc.get('temporal_ensemble_coeff'),
-                action_head_type=c.action_head_type, fps=spec['fps'], source=os.path.abspath(ckpt))
+                action_head_type=c.action_head_type, source=os.path.abspath(ckpt))
     path = out or os.path.join(ckpt, 'policy.pt' if format == 'torchscript' else 'policy.pt2')
     export_policy(model, tc['instruction'], path, meta, format)
     module, _ = load_exported(path)  # check the file against the eager model before declaring success
@@ -154,6 +264,9 @@ def export_main():
     torch.manual_seed(0)
     with torch.no_grad():
         exported = module(*inputs)
+    if not (torch.isfinite(eager).all() and torch.isfinite(exported).all()):
+        os.remove(path)
+        raise SystemExit(f"refusing to export {ckpt}: the policy outputs NaN/inf on a test input; removed {path}")
     err = (eager - exported).abs().max().item()
     print(f"wrote {path} ({format}, head={c.action_head_type}); max |exported - eager| = {err:.2e} raw action units")
 
@@ -163,39 +276,66 @@ def export_main():
 
 
 class SafetyShield:
-    """The last layer between a learned policy and the motors; it trusts nothing.
+    """The last layer between a learned policy and the motors; it trusts nothing and fails closed.
 
     filter(action, observation) returns a command that is (1) finite, (2) inside the box
     [low, high] = joint limits intersected with workspace bounds, and (3) within max_step_change
-    of the previous command in every dimension (a velocity limit: max_step_change * rate per s).
-    NaN/inf/missing actions hold the last safe command. A stale observation (older than
-    watchdog_timeout s) or emergency_stop() trips a latched stop: the shield holds the last safe
-    command until reset(). Every intervention is counted in .counts and logged.
+    per control step in every dimension (a velocity limit: max_step_change * rate per s).
+    Two kinds of action dimension (the task spec's action_mode):
+      'absolute': a target position; the limit applies to the change of the command, and holding
+                  means re-sending the last safe command (the robot stays where it was sent);
+      'delta':    a velocity / displacement per step (robosuite's OSC deltas); the limit applies to
+                  the delta itself, and holding means 0 (no motion), never re-sending a past delta.
+    A NaN/inf/missing action is held and counted. A stale observation (older than watchdog_timeout s),
+    an observation without a finite timestamp, one stamped in the future, or emergency_stop() trips a
+    latched stop: the shield holds until reset(). Every intervention is counted in .counts; the
+    latest MAX_EVENTS are kept in .events (a bounded log: a long run cannot fill memory).
     """
+    MAX_EVENTS = 1000
+    CLOCK_SKEW = 0.05  # s: a timestamp further in the future than this is from a broken clock
 
     def __init__(self, action_dim, max_step_change, workspace_bounds=None, joint_limits=None, watchdog_timeout=1.0,
-                 clock=time.monotonic):
+                 clock=time.monotonic, action_mode='absolute'):
         self.action_dim, self.watchdog_timeout, self.clock = action_dim, watchdog_timeout, clock
         self.max_step = np.broadcast_to(np.asarray(max_step_change, np.float64), (action_dim,)).copy()
-        if not (self.max_step > 0).all():
-            raise ValueError(f"max_step_change must be > 0, got {max_step_change}")
+        if not (self.max_step > 0).all() or not np.isfinite(self.max_step).all():
+            raise ValueError(f"max_step_change must be finite and > 0, got {max_step_change}")
+        if not (np.isfinite(watchdog_timeout) and watchdog_timeout >= 0):
+            raise ValueError(f"watchdog_timeout must be a finite number of seconds >= 0 (0 = off), got {watchdog_timeout}")
+        modes = [action_mode] * action_dim if isinstance(action_mode, str) else list(action_mode)
+        if len(modes) != action_dim or set(modes) - {'absolute', 'delta'}:
+            raise ValueError(f"action_mode must be 'absolute', 'delta' or one of them per action dim "
+                             f"({action_dim}), got {action_mode!r}")
+        self.delta = np.array([m == 'delta' for m in modes])
         self.low, self.high = np.full(action_dim, -np.inf), np.full(action_dim, np.inf)
         for name, bounds in (('workspace_bounds', workspace_bounds), ('joint_limits', joint_limits)):
             if bounds is not None:
                 lo, hi = (np.broadcast_to(np.asarray(b, np.float64), (action_dim,)) for b in bounds)
+                if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
+                    raise ValueError(f"{name} must be finite numbers, got low {lo} high {hi} (leave it None for no bound)")
                 if (lo > hi).any():
                     raise ValueError(f"{name}: low {lo} exceeds high {hi}")
                 self.low, self.high = np.maximum(self.low, lo), np.minimum(self.high, hi)
         if (self.low > self.high).any():
             raise ValueError("workspace_bounds and joint_limits do not overlap")
+        if (self.delta & ((self.low > 0) | (self.high < 0))).any():
+            raise ValueError("the bounds of a 'delta' action dimension must contain 0 (zero motion is the hold)")
         self.counts = dict(invalid=0, clamped=0, rate_limited=0, stale=0, estop=0, held_while_stopped=0)
-        self.events = []  # (time, kind, detail) of every intervention
+        self.events = deque(maxlen=self.MAX_EVENTS)  # (time, kind, detail) of the latest interventions
         self.reset()
 
     def reset(self, hold=None):
-        """Clear a stop. hold: the robot's current command/position, the reference of the first step."""
+        """Clear a stop. hold: the robot's current command (absolute dims; delta dims hold 0), the
+        reference of the first step. It must be finite and of action_dim values."""
         self.stopped, self.stop_reason = False, ''
-        self.last = None if hold is None else np.clip(np.asarray(hold, np.float64), self.low, self.high)
+        if hold is None:
+            self.last = None
+            return
+        h = np.asarray(hold, np.float64).reshape(-1)
+        if h.shape[0] != self.action_dim or not np.isfinite(h).all():
+            raise ValueError(f"reset(hold=...) needs {self.action_dim} finite values, got {np.asarray(hold)}: "
+                             f"pass the robot's current command")
+        self.last = np.where(self.delta, 0.0, np.clip(h, self.low, self.high))
 
     def emergency_stop(self, reason='emergency stop'):
         self._intervene('estop', reason)
@@ -207,16 +347,37 @@ class SafetyShield:
         (log.warning if kind in ('estop', 'stale') else log.debug)(f"shield {kind}: {detail}")
 
     def _hold(self):
+        """Absolute dims: the last safe command; delta dims: zero motion."""
         if self.last is None:
-            raise RuntimeError("the shield has no safe command to hold yet: call reset(hold=<current position>) first")
-        return self.last.copy()
+            if self.delta.all():
+                return np.zeros(self.action_dim)
+            raise RuntimeError("the shield has no safe command to hold yet: call reset(hold=<current command>) first")
+        return np.where(self.delta, 0.0, self.last)
+
+    def _check_observation(self, observation):
+        """The watchdog: -> a reason to stop, or ''. Fails closed on anything it cannot read."""
+        if self.watchdog_timeout <= 0:
+            return ''
+        stamp = None if observation is None else observation.get('timestamp')
+        try:
+            stamp = float(stamp)
+        except (TypeError, ValueError):
+            return f"observation has no usable 'timestamp' ({stamp!r})"
+        if not np.isfinite(stamp):
+            return f"observation timestamp is {stamp}"
+        age = self.clock() - stamp
+        if age < -self.CLOCK_SKEW:
+            return f"observation timestamp is {-age:.3f}s in the future (clock fault)"
+        if age > self.watchdog_timeout:
+            return f"observation is {age:.3f}s old (> {self.watchdog_timeout}s)"
+        return ''
 
     def filter(self, action, observation=None):
         """-> the command to send (float64 array of action_dim). Raises only on a wrong action shape."""
-        if observation is not None and 'timestamp' in observation and self.watchdog_timeout > 0:
-            age = self.clock() - observation['timestamp']
-            if age > self.watchdog_timeout and not self.stopped:
-                self._intervene('stale', f"observation is {age:.3f}s old (> {self.watchdog_timeout}s)")
+        if not self.stopped:
+            problem = self._check_observation(observation)
+            if problem:
+                self._intervene('stale', problem)
                 self.stopped, self.stop_reason = True, 'stale observation'
         if self.stopped:
             self.counts['held_while_stopped'] += 1
@@ -233,13 +394,14 @@ class SafetyShield:
         clipped = np.clip(a, self.low, self.high)
         if not np.array_equal(clipped, a):
             self._intervene('clamped', f"{a} -> {clipped}")
-        if self.last is not None:  # limit the change; the box is convex, so the result stays inside it
-            limited = self.last + np.clip(clipped - self.last, -self.max_step, self.max_step)
-            if not np.array_equal(limited, clipped):
-                self._intervene('rate_limited', f"step {clipped - self.last} limited to {self.max_step}")
-            clipped = limited
-        self.last = clipped
-        return clipped.copy()
+        # the rate limit: absolute dims may change by max_step from the last command, delta dims are a
+        # change already and are limited themselves (the box is convex and holds 0, so results stay in it)
+        ref = np.where(self.delta, 0.0, self.last if self.last is not None else clipped)
+        limited = ref + np.clip(clipped - ref, -self.max_step, self.max_step)
+        if not np.array_equal(limited, clipped):
+            self._intervene('rate_limited', f"step {clipped - ref} limited to {self.max_step}")
+        self.last = limited
+        return limited.copy()
 
 
 # -----------------------------------------------------------------------------
@@ -311,22 +473,22 @@ class ExportedPolicy(VLAPolicy):
 
     @torch.no_grad()
     def predict_chunk(self, images, proprio):
-        chunk = self.module(images, proprio)[0].float().numpy()
-        if not np.isfinite(chunk).all():
-            raise RuntimeError("the exported policy predicted NaN/inf actions")
-        return chunk
+        return self.module(images, proprio)[0].float().numpy()
 
 
-def control_loop(policy, robot, shield, rate, max_steps):
+def control_loop(policy, robot, shield, rate, max_steps, hold=None):
     """Run one episode at a fixed rate. -> dict(steps, success, latency p50/p99 ms, missed deadlines).
-    Latency = observe + policy + shield (what must fit in the period); the robot's own step is not counted."""
+    Latency = observe + policy + shield (what must fit in the period); the robot's own step is not counted.
+    hold: the robot's current command, the shield's first reference (None: the state, for tasks whose
+    state is the commanded position). A NaN from the policy reaches the shield, which holds and counts it."""
     period = 1.0 / rate if rate > 0 else 0.0
     latencies, missed, steps = [], 0, 0
     first = robot.get_observation()
     for _ in range(2):  # warm up: the first calls of a TorchScript module optimize its graph (slow)
         policy.predict_chunk(*policy.observe(first))
     policy.reset()
-    shield.reset(hold=first[policy.meta['state_key']][:robot.action_dim])  # state = the commanded position here
+    policy.raise_on_nonfinite = False
+    shield.reset(hold=first[policy.state_key][:robot.action_dim] if hold is None else hold)
     deadline = time.perf_counter()
     for steps in range(1, max_steps + 1):
         t0 = time.perf_counter()
@@ -349,24 +511,43 @@ def control_loop(policy, robot, shield, rate, max_steps):
 
 
 def make_shield(task_name, action_dim):
+    """-> (SafetyShield with the task's limits and action modes, the robot's command at rest or None)."""
     import envs
     spec = envs.TASKS[task_name]
     step = max_step_change or SHIELD_DEFAULTS.get(task_name, {}).get('max_step_change', 0.0)
     if step <= 0:
         raise SystemExit(f"no default shield velocity limit for task {task_name!r}: pass --max_step_change")
-    return SafetyShield(action_dim, step, workspace_bounds=(spec['action_low'], spec['action_high']),
-                        watchdog_timeout=watchdog_timeout)
+    shield = SafetyShield(action_dim, step, workspace_bounds=(spec['action_low'], spec['action_high']),
+                          watchdog_timeout=watchdog_timeout, action_mode=spec.get('action_mode', 'absolute'))
+    return shield, spec.get('rest_action')
+
+
+def load_runnable(path):
+    """--policy -> (policy with the VLAPolicy interface, metadata dict). A checkpoint folder loads weights
+    only; an exported file is code and needs --trust_exported_code=True."""
+    if os.path.isdir(path):
+        tc, pol = load_policy(path, n_action_steps=n_action_steps, temporal_ensemble_coeff=temporal_ensemble_coeff)
+        c = pol.model.config
+        return pol, dict(task=tc['task'], instruction=tc['instruction'], action_dim=c.action_dim)
+    if not os.path.exists(path):
+        raise SystemExit(f"--policy={path} does not exist: pass a checkpoint folder (e.g. out/pusht)")
+    if not trust_exported_code:
+        raise SystemExit(f"refusing to load {path}: an exported .pt/.pt2 file is a program, and loading it can run "
+                         f"arbitrary code (torch.export.load unpickles; TorchScript can write files). Pass the "
+                         f"checkpoint folder instead (model.safetensors + JSON: weights only, run with this repo's "
+                         f"model code), or, for a file you exported yourself and kept safe, --trust_exported_code=True")
+    module, meta = load_exported(path)
+    return ExportedPolicy(module, meta, n_action_steps, temporal_ensemble_coeff), meta
 
 
 def run_main():
-    """python deploy.py run --policy=FILE --robot=sim [--episodes=N] [--rate=HZ]"""
+    """python deploy.py run --policy=CKPT_DIR --robot=sim [--episodes=N] [--rate=HZ]"""
     torch.set_num_threads(threads)
-    module, meta = load_exported(policy)
+    pol, meta = load_runnable(policy)
     task_name = task or meta['task']
     if instruction and instruction != meta['instruction']:
-        raise SystemExit(f"--instruction={instruction!r} differs from the one baked into {policy} "
-                         f"({meta['instruction']!r}): re-export, the language features are computed at export")
-    pol = ExportedPolicy(module, meta, n_action_steps, temporal_ensemble_coeff)
+        raise SystemExit(f"--instruction={instruction!r} differs from the one the policy was trained with and stores "
+                         f"({meta['instruction']!r}): the policy is conditioned on its training text")
     results = []
     try:
         for seed in range(start_seed, start_seed + episodes):
@@ -377,9 +558,9 @@ def run_main():
             if bot.action_dim != meta['action_dim']:
                 raise SystemExit(f"the policy outputs {meta['action_dim']} action values but the robot takes "
                                  f"{bot.action_dim}: export a policy trained for this robot")
-            shield = make_shield(task_name, bot.action_dim)
+            shield, rest = make_shield(task_name, bot.action_dim)
             try:
-                r = control_loop(pol, bot, shield, rate, bot.max_steps)
+                r = control_loop(pol, bot, shield, rate, bot.max_steps, hold=rest)
             finally:
                 bot.close()
             r.update(seed=seed, interventions=dict(shield.counts))
@@ -405,5 +586,5 @@ if __name__ == '__main__':
     logging.basicConfig(level=logging.WARNING, format='%(message)s')
     exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
     if command == 'run' and not policy:
-        raise SystemExit("pass --policy=<file written by `python deploy.py export`>")
+        raise SystemExit("pass --policy=<checkpoint folder, e.g. out/pusht>")
     commands[command]()

@@ -40,8 +40,12 @@ TASKS = {
     "lift": dict(env_id="robosuite/Lift-Panda", fps=20, max_steps=150, image_size=96,
                  instruction="pick up the red cube and lift it",
                  image_keys=["observation.images.agentview"], state_key="observation.state",
-                 state_dim=5, action_dim=4, action_low=[-1.0] * 4, action_high=[1.0] * 4),
+                 state_dim=5, action_dim=4, action_low=[-1.0] * 4, action_high=[1.0] * 4,
+                 action_mode=("delta", "delta", "delta", "absolute"), rest_action=[0.0, 0.0, 0.0, -1.0]),
 }
+# action_mode (default 'absolute'): an 'absolute' action is a target position (PushT's pusher, ALOHA's joints);
+# a 'delta' one is a displacement per step (Lift's OSC deltas), held at 0. rest_action: the command of a robot at
+# rest (Lift: no motion, gripper open), the safety shield's first reference where the state is not a command.
 VAL_SEED = 100_000  # periodic eval during training uses seeds VAL_SEED.. ; demos use seeds [0, 100000)
 TEST_SEED = 200_000  # final reported eval
 

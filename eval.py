@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-import data
 import envs
 import pusht
+from deploy import VLAPolicy, load_policy  # noqa: F401  (the execution logic a robot runs; re-exported)
 
 # -----------------------------------------------------------------------------
 # command-line config (python eval.py --key=value); unused when eval.py is imported
@@ -39,79 +39,6 @@ out = ''  # metrics JSON path ('' = <ckpt>/eval.json, or out/eval_expert_<task>.
 device = 'cpu'
 _task_presets = False  # --task names the simulator here, it does not load config/<task>.py
 # -----------------------------------------------------------------------------
-
-
-class VLAPolicy:
-    """A trained ManipulationVLA as a closed-loop controller.
-
-    Action chunking (Zhao et al. 2023, ACT): the model predicts `chunk` future actions from one
-    observation; we execute the first n_action_steps open loop, then observe and predict again.
-    With temporal_ensemble_coeff w (and n_action_steps=1) every step re-predicts and the action
-    for time t averages all chunks that cover t with weights exp(-w * i), i=0 the oldest, which
-    smooths the motion at the cost of one forward pass per step.
-    Observation history: every step's frame enters a queue of the model's n_obs_steps last frames
-    (the first frame of an episode fills it, as the dataset pads), even while actions come from the
-    queue, so a prediction always sees the steps t-n+1..t, as in training.
-    """
-
-    def __init__(self, model, instruction, n_action_steps, temporal_ensemble_coeff=None,
-                 image_keys=('observation.image',), state_key='observation.state'):
-        if temporal_ensemble_coeff is not None and n_action_steps != 1:
-            raise ValueError("temporal ensembling predicts every step: use n_action_steps=1")
-        self.model, self.instruction, self.n_action_steps = model, instruction, n_action_steps
-        self.ensemble_coeff, self.image_keys, self.state_key = temporal_ensemble_coeff, list(image_keys), state_key
-        cfg = getattr(model, 'config', None)
-        self.n_obs_steps = getattr(cfg, 'n_obs_steps', 1)
-        self.image_hw = cfg.image_hw if cfg is not None else None
-        self.device = next(model.parameters()).device
-        self.text = None
-        self.reset()
-
-    def reset(self):
-        """New episode: forget queued actions and observations; the instruction's text features are computed once."""
-        self.queue = deque()
-        self.history = deque(maxlen=self.n_obs_steps)
-        self.chunks = []  # temporal ensembling: (step the chunk was predicted at, (chunk, A) array)
-        self.t = 0
-        if self.text is None:
-            with torch.no_grad():
-                self.text = self.model.encode_instruction([self.instruction])
-
-    def observe(self, frame):
-        """Add one frame to the observation history -> (images, proprio) of the last n_obs_steps, batch of 1:
-        (1, cams, 3, H, W) and (1, P), or (1, n_obs, cams, 3, H, W) and (1, n_obs, P)."""
-        sample = data.frame_to_model_input(frame, self.image_keys, self.state_key, image_hw=self.image_hw)
-        while len(self.history) < self.n_obs_steps - 1:
-            self.history.append(sample)
-        self.history.append(sample)
-        if self.n_obs_steps == 1:
-            return sample['images'][None], sample['proprio'][None]
-        return (torch.stack([s['images'] for s in self.history])[None],
-                torch.stack([s['proprio'] for s in self.history])[None])
-
-    @torch.no_grad()
-    def predict_chunk(self, images, proprio):
-        batch = {'images': images.to(self.device), 'proprio': proprio.to(self.device), 'instruction': [self.instruction]}
-        chunk = self.model.predict_action(batch, instruction_cache=self.text)[0].float().cpu().numpy()
-        if not np.isfinite(chunk).all():
-            raise RuntimeError("the policy predicted NaN/inf actions: the checkpoint is broken (training diverged?)")
-        return chunk
-
-    def __call__(self, frame, env=None):
-        """frame: {image key: uint8 (H, W, 3), state key: (D,)} -> action (A,) in raw units."""
-        obs = self.observe(frame)
-        if self.ensemble_coeff is not None:
-            self.chunks.append((self.t, self.predict_chunk(*obs)))
-            self.chunks = [(t0, c) for t0, c in self.chunks if self.t - t0 < len(c)]
-            acts = np.stack([c[self.t - t0] for t0, c in self.chunks])  # oldest first
-            w = np.exp(-self.ensemble_coeff * np.arange(len(acts)))
-            action = (w[:, None] * acts).sum(0) / w.sum()
-        else:
-            if not self.queue:
-                self.queue.extend(self.predict_chunk(*obs)[:self.n_action_steps])
-            action = self.queue.popleft()
-        self.t += 1
-        return action
 
 
 class ExpertPolicy:
@@ -207,29 +134,13 @@ def save_video(frames, path, fps):
     iio.imwrite(path, np.stack(frames), fps=fps, codec='libx264', plugin='pyav')
 
 
-def load_policy(ckpt_dir, device='cpu', n_action_steps=0, temporal_ensemble_coeff=-1.0):
-    """A checkpoint folder -> (task, VLAPolicy). train_config.json says which task, instruction and cameras."""
-    from model import ManipulationVLA
-    cfg_path = os.path.join(ckpt_dir, 'train_config.json')
-    if not os.path.exists(cfg_path):
-        raise FileNotFoundError(f"{cfg_path} is missing: pass a folder written by train_bc.py / train_dagger.py")
-    with open(cfg_path) as f:
-        tc = json.load(f)
-    model = ManipulationVLA.from_pretrained(ckpt_dir).to(device).eval()
-    coeff = tc.get('temporal_ensemble_coeff') if temporal_ensemble_coeff < 0 else temporal_ensemble_coeff
-    spec = envs.TASKS[tc['task']]
-    pol = VLAPolicy(model, tc['instruction'], n_action_steps or tc['n_action_steps'], coeff,
-                    image_keys=tc.get('image_keys', spec['image_keys']), state_key=spec['state_key'])
-    return tc['task'], pol
-
-
 if __name__ == '__main__':
     exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
     if policy == 'vla':
         if not ckpt:
             raise SystemExit("pass --ckpt=<folder written by train_bc.py> (or --policy=expert --task=pusht)")
-        ckpt_task, pol = load_policy(ckpt, device, n_action_steps, temporal_ensemble_coeff)
-        task = task or ckpt_task
+        train_config, pol = load_policy(ckpt, device, n_action_steps, temporal_ensemble_coeff)
+        task = task or train_config['task']
         out = out or os.path.join(ckpt, 'eval.json')
         video_dir = os.path.join(ckpt, 'videos')
     elif policy == 'expert':

@@ -61,7 +61,8 @@ FPS = 20  # robosuite's control_freq: 25 physics steps of 2 ms per action
 SPEC = dict(env_id="robosuite/Lift-Panda", fps=FPS, max_steps=150, image_size=96,
             instruction="pick up the red cube and lift it",
             image_keys=["observation.images.agentview"], state_key="observation.state",
-            state_dim=5, action_dim=4, action_low=[-1.0] * 4, action_high=[1.0] * 4)
+            state_dim=5, action_dim=4, action_low=[-1.0] * 4, action_high=[1.0] * 4,
+            action_mode=("delta", "delta", "delta", "absolute"), rest_action=[0.0, 0.0, 0.0, -1.0])
 STATE_NAMES = ["eef_x", "eef_y", "eef_z", "finger_left", "finger_right"]
 ACTION_NAMES = ["dx", "dy", "dz", "gripper"]
 CAMERA = "agentview"

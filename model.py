@@ -238,6 +238,30 @@ def build_vision(cfg, saved_config=None):
     return SiglipEncoder(tower), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)  # SigLIP's processor normalization
 
 
+def read_json(path):
+    """json.load with the file named in the error, and the fix."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} does not exist: pass a checkpoint folder written by a train_*.py script")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}): the file is corrupt or truncated; "
+                         f"restore it from the run's out_dir or train again") from e
+
+
+def read_safetensors(path):
+    """safetensors load_file with the file named in the error (a truncated or garbled file says only
+    'header too large' or 'invalid JSON' otherwise)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} does not exist: pass a checkpoint folder written by a train_*.py script")
+    try:
+        return load_file(path)
+    except Exception as e:  # safetensors raises its own SafetensorError, OSError, ValueError: all mean "corrupt"
+        raise ValueError(f"{path} cannot be read as safetensors ({type(e).__name__}: {e}): the file is corrupt or "
+                         f"truncated; restore it from the run's out_dir (or best/) or train again") from e
+
+
 def as_tensor(x, name):
     if x is None:
         raise ValueError(f"normalization statistics lack '{name}'")
@@ -483,8 +507,7 @@ class ManipulationVLA(nn.Module):
             except Exception as e:  # no network, unknown repo, bad id: all mean "give me a folder"
                 raise OSError(f"'{path}' is not a local folder and could not be downloaded from the hub "
                               f"({type(e).__name__}: {e}); pass the folder train_bc.py wrote (e.g. out/pusht)") from e
-        with open(os.path.join(path, "config.json")) as f:
-            meta = json.load(f)
+        meta = read_json(os.path.join(path, "config.json"))
         if meta.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{path}/config.json has format_version {meta.get('format_version')}, "
                              f"this model.py reads {FORMAT_VERSION}")
@@ -496,7 +519,7 @@ class ManipulationVLA(nn.Module):
         if "tokenizer_dir" in hf:
             hf["tokenizer_dir"] = os.path.join(path, hf["tokenizer_dir"])
         model = cls(ManipulationVLAConfig(**meta["config"]), _saved=hf)
-        model.load_state_dict_strict(load_file(os.path.join(path, "model.safetensors")))
+        model.load_state_dict_strict(read_safetensors(os.path.join(path, "model.safetensors")))
         return model
 
     def load_state_dict_strict(self, state):

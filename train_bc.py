@@ -132,6 +132,9 @@ if master_process:
 # data: a LeRobot dataset; for the simulated tasks we record it with the task's expert
 dataset_path = dataset or os.path.join('data', f'{task}_{dataset_episodes}ep')
 if not dataset and not os.path.exists(os.path.join(dataset_path, 'meta', 'info.json')):
+    if os.path.exists(dataset_path):  # say so now, not after the whole recording fails to rename onto it
+        raise SystemExit(f"{dataset_path} exists but holds no dataset (no meta/info.json; an interrupted copy?): "
+                         f"delete or move it to record anew, or pass --dataset=<a LeRobot dataset folder>")
     if master_process:
         print0(f"no dataset at {dataset_path}: recording {dataset_episodes} expert episodes (done once)")
         t0 = time.time()
@@ -303,6 +306,7 @@ if resume:
 if master_process:
     write_json(os.path.join(out_dir, 'train_config.json'),
                dict(config, instruction=eval_instruction, instructions=instructions, image_keys=task_spec['image_keys'],
+                    state_key=task_spec['state_key'],
                     dataset_path=dataset_path, num_frames=len(train_set)))
 if compile:
     model = torch.compile(model)
