@@ -120,9 +120,13 @@ _RANGES = {
 def _check_ranges(cfg):
     """Refuse out-of-range values with the fix, and a device this machine does not have."""
     for key, (ok, must) in _RANGES.items():
-        if key in cfg and cfg[key] is not None and not ok(cfg[key]):
-            raise SystemExit(f"configurator: {key}={cfg[key]!r} is out of range: it must be {must}; pass --{key}=...")
-    if cfg.get('min_lr', 0) > cfg.get('learning_rate', float('inf')):
+        value = cfg.get(key)
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if (numeric or key == 'betas' and isinstance(value, (list, tuple))) and not ok(value):  # a script's own kind
+            # of value (train_multitask's dataset_episodes is a dict per task) is that script's to check
+            raise SystemExit(f"configurator: {key}={value!r} is out of range: it must be {must}; pass --{key}=...")
+    if isinstance(cfg.get('min_lr'), float) and isinstance(cfg.get('learning_rate'), float) \
+            and cfg['min_lr'] > cfg['learning_rate']:
         raise SystemExit(f"configurator: min_lr={cfg['min_lr']} exceeds learning_rate={cfg['learning_rate']}: "
                          f"the cosine schedule decays from learning_rate down to min_lr")
     device = str(cfg.get('device', 'cpu'))

@@ -272,15 +272,20 @@ def _resolve_root(repo_id_or_path, root):
             return Path(cand)
     if Path(repo_id_or_path).exists():
         return Path(repo_id_or_path)  # a folder without info.json: LeRobotDatasetMetadata says what is missing
-    if not re.fullmatch(r"[\w.-]+/[\w.-]+", str(repo_id_or_path)):
-        raise FileNotFoundError(f"{repo_id_or_path} is neither a local folder nor a hub id like 'lerobot/pusht'")
+    name = str(repo_id_or_path)
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", name):
+        raise FileNotFoundError(f"{name} is neither a local folder nor a hub id like 'lerobot/pusht'")
+    if name.startswith((".", "~")) or Path(name).parent.is_dir():  # 'data/pusht' where ./data exists: a local path
+        raise FileNotFoundError(f"local dataset folder {name} does not exist (a hub id like 'lerobot/pusht' is only "
+                                f"tried when its first part is not a local folder): check the path")
     import huggingface_hub
 
     try:
         return Path(huggingface_hub.snapshot_download(str(repo_id_or_path), repo_type="dataset", local_dir=root))
     except Exception as e:  # offline, unknown repo, auth: all end the same way for the user
         raise RuntimeError(
-            f"could not download dataset {repo_id_or_path!r} from the Hugging Face hub ({type(e).__name__}: {e}). "
+            f"no local folder {repo_id_or_path!r} exists, and it could not be downloaded as a dataset from the "
+            f"Hugging Face hub ({type(e).__name__}: {e}). "
             f"If this machine is offline, download it elsewhere with `huggingface-cli download --repo-type dataset "
             f"{repo_id_or_path} --local-dir DIR`, copy DIR here and pass LeRobotDataset('DIR')") from e
 

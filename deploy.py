@@ -247,7 +247,7 @@ def export_main():
         raise SystemExit(f"refusing to export {ckpt}: non-finite (NaN/inf) values in {bad[:5]}"
                          f"{' ...' if len(bad) > 5 else ''}; the run diverged: export an earlier checkpoint (best/)")
     c = model.config
-    meta = dict(task=tc['task'], instruction=tc['instruction'], image_keys=tc.get('image_keys', spec['image_keys']),
+    meta = dict(task=tc['task'], instruction=tc['instruction'], image_keys=tc['image_keys'],
                 state_key=tc.get('state_key', 'observation.state'), action_dim=c.action_dim,
                 proprioception_dim=c.proprioception_dim,
                 image_size=c.image_size, image_hw=list(c.image_hw), n_obs_steps=c.n_obs_steps,

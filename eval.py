@@ -14,10 +14,8 @@ import json
 import math
 import os
 import time
-from collections import deque
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 import envs

@@ -21,7 +21,7 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
@@ -157,7 +157,7 @@ print0(f"dataset {dataset_path}: {len(train_set)} frames, {len(train_set.ds.epis
 instructions = train_set.tasks()
 eval_instruction = instructions[0]
 print0(f"instruction{'s' if len(instructions) > 1 else ''} (from {'--instruction' if instruction else 'the dataset'}): "
-       + "; ".join(repr(t) for t in instructions) + (f" (evaluation uses the first)" if len(instructions) > 1 else ""))
+       + "; ".join(repr(t) for t in instructions) + (" (evaluation uses the first)" if len(instructions) > 1 else ""))
 if eval_instruction != task_spec['instruction']:
     print0(f"note: this differs from envs.TASKS['{task}'] instruction {task_spec['instruction']!r}; the policy is "
            f"conditioned on {eval_instruction!r}, which the checkpoint stores for eval.py and deploy.py")
@@ -241,15 +241,27 @@ def get_lr(it):
 
 # -----------------------------------------------------------------------------
 # checkpoints: out_dir/{model.safetensors, config.json} is the EMA policy that eval/deploy load;
-# training_state.{safetensors,json} hold the raw weights, optimizer, RNG and step for --resume.
-CKPT_FORMAT_VERSION = 1
+# training_state-<step>.safetensors (raw + EMA weights, optimizer, RNG) and training_state.json (the step, the
+# tensor file's name and sha256) are what --resume reads. Crash consistency: the tensors go to a NEW file, then
+# training_state.json is replaced in one rename (the commit point), and only then is the old file deleted, so a
+# kill at any instant leaves the JSON naming a complete tensor file of its own step.
+CKPT_FORMAT_VERSION = 2
+
+
+def sha256(path):
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            h.update(block)
+    return h.hexdigest()
 
 
 def save_training_state(it, best_success):
-    """Write everything --resume needs; each file is written to a temp name and renamed, and the
-    JSON (which names the step) goes last, so a crash never leaves a half-written checkpoint."""
-    (ema_model or model).save_pretrained(out_dir)
-    tensors = {f'model.{k}': v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    """Write everything --resume needs (see above), then the EMA policy for eval.py / deploy.py."""
+    tensors = {f'model.{k}': v.detach().cpu().contiguous() for k, v in raw_model.state_dict().items()}
+    if ema_model is not None:
+        tensors.update({f'ema.{k}': v.detach().cpu().contiguous() for k, v in ema_model.state_dict().items()})
     opt_state = optimizer.state_dict()
     for pid, st in opt_state['state'].items():
         for name, v in st.items():
@@ -257,12 +269,17 @@ def save_training_state(it, best_success):
     tensors['rng.torch'] = torch.get_rng_state()
     if device_type == 'cuda':
         tensors['rng.cuda'] = torch.cuda.get_rng_state()
-    tmp = os.path.join(out_dir, 'training_state.safetensors.tmp')
-    save_file(tensors, tmp)
-    os.replace(tmp, os.path.join(out_dir, 'training_state.safetensors'))
-    meta = dict(format_version=CKPT_FORMAT_VERSION, iter_num=it, best_success=best_success,
-                param_groups=opt_state['param_groups'], scaler=scaler.state_dict(), config=config)
-    write_json(os.path.join(out_dir, 'training_state.json'), meta)
+    name = f'training_state-{it:08d}.safetensors'
+    path = os.path.join(out_dir, name)
+    save_file(tensors, path + '.tmp')
+    os.replace(path + '.tmp', path)
+    meta = dict(format_version=CKPT_FORMAT_VERSION, iter_num=it, best_success=best_success, tensors=name,
+                sha256=sha256(path), param_groups=opt_state['param_groups'], scaler=scaler.state_dict(), config=config)
+    write_json(os.path.join(out_dir, 'training_state.json'), meta)  # the commit point
+    for f in os.listdir(out_dir):  # older states and leftovers of an interrupted save
+        if f.startswith('training_state-') and f != name:
+            os.remove(os.path.join(out_dir, f))
+    (ema_model or raw_model).save_pretrained(out_dir)
 
 
 def write_json(path, obj):
@@ -281,11 +298,16 @@ def load_training_state():
         meta = json.load(f)
     if meta.get('format_version') != CKPT_FORMAT_VERSION:
         raise SystemExit(f"{meta_path} has format_version {meta.get('format_version')}, "
-                         f"this train_bc.py reads {CKPT_FORMAT_VERSION}")
-    tensors = load_file(os.path.join(out_dir, 'training_state.safetensors'))
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith('model.')})
+                         f"this train_bc.py reads {CKPT_FORMAT_VERSION}: resume with the version that wrote it")
+    path = os.path.join(out_dir, meta['tensors'])
+    if not os.path.exists(path) or sha256(path) != meta['sha256']:
+        raise SystemExit(f"{path} is missing or does not match the sha256 in {meta_path}: the checkpoint was "
+                         f"modified after it was written; restore the folder or train anew")
+    from model import read_safetensors
+    tensors = read_safetensors(path)
+    raw_model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith('model.')})
     if ema_model is not None:
-        ema_model.load_state_dict(ManipulationVLA.from_pretrained(out_dir).state_dict())
+        ema_model.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith('ema.')})
     state = {}
     for k, v in tensors.items():
         if k.startswith('optim.'):
@@ -299,10 +321,17 @@ def load_training_state():
     return meta['iter_num'], meta['best_success']
 
 
+raw_model = model  # the module whose weights are saved (compile and DDP wrap it below)
 iter_num, best_success = 0, -1.0
+log_path = os.path.join(out_dir, 'log.jsonl')
 if resume:
     iter_num, best_success = load_training_state()
     print0(f"resumed from {out_dir} at iteration {iter_num}")
+    if master_process and os.path.exists(log_path):  # drop what the interrupted run logged after its checkpoint
+        kept = [line for line in open(log_path) if json.loads(line)['iter'] <= iter_num]
+        with open(log_path + '.tmp', 'w') as f:
+            f.writelines(kept)
+        os.replace(log_path + '.tmp', log_path)
 if master_process:
     write_json(os.path.join(out_dir, 'train_config.json'),
                dict(config, instruction=eval_instruction, instructions=instructions, image_keys=task_spec['image_keys'],
@@ -311,7 +340,6 @@ if master_process:
 if compile:
     model = torch.compile(model)
 train_model = DDP(model, device_ids=[int(device.split(':')[1])] if device_type == 'cuda' else None) if ddp else model
-raw_model = model._orig_mod if compile else model
 
 
 def evaluate(n_episodes, start_seed, video_dir=None):
@@ -325,9 +353,6 @@ def evaluate(n_episodes, start_seed, video_dir=None):
         eval_model.eval()
         metrics = evaluator.evaluate(policy)
     return metrics
-
-
-log_path = os.path.join(out_dir, 'log.jsonl')
 
 
 def log(record):

@@ -65,6 +65,7 @@ with open(cfg_path) as f:
 if bc_config['task'] != task:
     raise SystemExit(f"--init_from={init_from} was trained on task {bc_config['task']!r}, not {task!r}")
 spec = envs.TASKS[task]
+instruction = bc_config['instruction']  # the text the BC policy was trained with labels the new frames too
 max_steps = max_steps or spec['max_steps']
 if rollout_seed + dagger_iters * episodes_per_iter > envs.VAL_SEED:
     raise SystemExit(f"rollout seeds must stay below envs.VAL_SEED={envs.VAL_SEED} (training seeds only)")
@@ -98,7 +99,7 @@ def rollout_and_label(policy, expert, writer, n_episodes, first_seed, beta_i, rn
             learner = np.asarray(policy(frame), np.float32)  # the learner keeps its own chunk queue
             use_expert = rng.random() < beta_i
             expert_steps += use_expert
-            writer.add_frame({**frame, 'action': label}, task=spec['instruction'])
+            writer.add_frame({**frame, 'action': label}, task=instruction)
             obs, reward, terminated, truncated, info = env.step(label if use_expert else learner)
             if envs.is_success(info):
                 success = True
@@ -112,13 +113,19 @@ def rollout_and_label(policy, expert, writer, n_episodes, first_seed, beta_i, rn
 
 
 def train_round(i, dataset_path, prev_ckpt):
-    """Retrain with train_bc.py in a subprocess (same loop, DDP and checkpoints as BC); -> its eval.json."""
+    """Retrain with train_bc.py in a subprocess (same loop, DDP and checkpoints as BC) and the BC run's WHOLE
+    configuration (written out as a config file; only data, output, length, seed and evaluation differ);
+    -> its eval.json."""
     round_dir = os.path.join(out_dir, f'iter{i}')
-    cmd = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), 'train_bc.py'),
-           f"--task={task}", f"--dataset={dataset_path}", f"--out_dir={round_dir}", f"--max_iters={train_iters}",
-           f"--final_eval_episodes={eval_episodes}", "--eval_interval=0", f"--seed={seed + i}",
-           f"--action_head_type={bc_config['action_head_type']}",
-           f"--action_chunk_size={bc_config['action_chunk_size']}", f"--n_action_steps={bc_config['n_action_steps']}"]
+    os.makedirs(round_dir, exist_ok=True)
+    derived = ('instructions', 'image_keys', 'state_key', 'dataset_path', 'num_frames')  # written by train_bc
+    bc_file = os.path.join(round_dir, 'bc_config.py')
+    with open(bc_file, 'w') as f:
+        f.write(f"# the configuration of the BC run {init_from} (its train_config.json)\n")
+        f.writelines(f"{k} = {v!r}\n" for k, v in bc_config.items() if k not in derived)
+    cmd = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), 'train_bc.py'), bc_file,
+           f"--dataset={dataset_path}", f"--out_dir={round_dir}", f"--max_iters={train_iters}", "--resume=False",
+           f"--final_eval_episodes={eval_episodes}", "--eval_interval=0", f"--seed={seed + i}", "--init_from="]
     if retrain == 'finetune':
         cmd.append(f"--init_from={prev_ckpt}")
     cmd += train_args.split()

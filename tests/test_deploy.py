@@ -128,7 +128,7 @@ def test_shield_property_no_unsafe_command_ever_leaves():
     assert n_checked == 5000
     c = shield.counts
     assert c["invalid"] > 0 and c["clamped"] > 0 and c["rate_limited"] > 0
-    assert len(shield.events) == c["invalid"] + c["clamped"] + c["rate_limited"]
+    assert len(shield.events) == min(c["invalid"] + c["clamped"] + c["rate_limited"], SafetyShield.MAX_EVENTS)
 
 
 def test_shield_holds_last_command_on_bad_actions_and_estop():
@@ -213,5 +213,5 @@ def test_bad_inputs_fail_clearly(tmp_path):
     assert r.returncode != 0 and "does not exist" in r.stderr
     model = tiny_model("mlp", action_dim=3)  # a policy for a 3-dof robot, run against PushT (2)
     path = export_policy(model, INSTRUCTION, str(tmp_path / "p3.pt"), metadata(model))
-    r = cli("run", f"--policy={path}", "--max_steps=2")
+    r = cli("run", f"--policy={path}", "--max_steps=2", "--trust_exported_code=True")
     assert r.returncode != 0 and "outputs 3 action values but the robot takes 2" in r.stderr

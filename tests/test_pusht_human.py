@@ -212,7 +212,7 @@ def test_human_slice_trains_evaluates_and_deploys(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     module, meta = load_exported(os.path.join(out, "policy.pt"))
     assert meta["instruction"] == TEXT and meta["n_obs_steps"] == 2
-    r = subprocess.run([sys.executable, "deploy.py", "run", f"--policy={out}/policy.pt", "--episodes=1",
+    r = subprocess.run([sys.executable, "deploy.py", "run", f"--policy={out}", "--episodes=1",  # the checkpoint
                         "--max_steps=10", "--rate=0"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "success" in r.stdout, r.stderr[-3000:]
 

@@ -59,7 +59,8 @@ def test_every_head_trains_and_eval_loads(head, tiny_dataset, tmp_path):
            '--ckpt_interval=20', '--action_chunk_size=8', '--n_action_steps=4'] + TINY)
     log = losses(out)
     assert sorted(log) == list(range(1, 21)) and all(np.isfinite(v) for v in log.values())
-    for f in ['model.safetensors', 'config.json', 'training_state.safetensors', 'training_state.json',
+    state = json.load(open(os.path.join(out, 'training_state.json')))
+    for f in ['model.safetensors', 'config.json', state['tensors'], 'training_state.json',
               'train_config.json', 'curves.png']:
         assert os.path.exists(os.path.join(out, f)), f
     # eval.py loads the checkpoint and runs it closed-loop in the simulator
@@ -109,3 +110,87 @@ def test_overrides_reach_the_script(tiny_dataset, tmp_path):
     assert cfg['learning_rate'] == 1e-3 and cfg['max_iters'] == 3
     first = json.loads(open(os.path.join(out, 'log.jsonl')).readline())
     assert abs(first['lr'] - 1e-3) < 1e-6  # the cosine schedule starts at the overridden rate
+
+
+# A wrapper that runs train_bc.py with its file operations in out_dir counted (and logged to OPS_LOG), and the
+# process killed at operation KILL_AT: before an os.replace / os.remove, or halfway through writing a file.
+KILLER = r"""
+import os, runpy, sys
+import safetensors.torch as st
+out, kill_at, ops_log = os.path.abspath(os.environ['OUT_DIR']), int(os.environ['KILL_AT']), os.environ['OPS_LOG']
+count = [0]
+real_replace, real_remove, real_save = os.replace, os.remove, st.save_file
+
+def op(name, path):
+    if not os.path.abspath(str(path)).startswith(out):
+        return False
+    count[0] += 1
+    with open(ops_log, 'a') as f:
+        f.write(f"{count[0]} {name} {os.path.basename(str(path))}\n")
+    return count[0] == kill_at
+
+def replace(src, dst):
+    if op('replace', dst):
+        os._exit(137)
+    real_replace(src, dst)
+
+def remove(path):
+    if op('remove', path):
+        os._exit(137)
+    real_remove(path)
+
+def save_file(tensors, path, *a, **kw):
+    kill = op('save_file', path)
+    real_save(tensors, path, *a, **kw)
+    if kill:  # a kill in the middle of the write: half a file on disk
+        size = os.path.getsize(path)
+        with open(path, 'r+b') as f:
+            f.truncate(size // 2)
+        os._exit(137)
+
+os.replace, os.remove, st.save_file = replace, remove, save_file
+sys.argv = ['train_bc.py'] + sys.argv[1:]
+runpy.run_path('train_bc.py', run_name='__main__')
+"""
+
+
+def test_a_kill_at_every_point_of_a_save_resumes_exactly(tiny_dataset, tmp_path):
+    """Kill the run at each file operation of the checkpoint save at iteration 8 (and halfway through each
+    file it writes), resume: the log has every iteration once, the losses and the final weights equal the
+    uninterrupted run's."""
+    from safetensors.torch import load_file
+    common = [f'--dataset={tiny_dataset}', '--action_head_type=diffusion', '--ckpt_interval=4', '--max_iters=12',
+              '--action_chunk_size=8', '--n_action_steps=4'] + TINY
+
+    def run(out, kill_at, extra=()):
+        env = dict(os.environ, OUT_DIR=out, KILL_AT=str(kill_at), OPS_LOG=os.path.join(str(tmp_path), 'ops.log'))
+        return subprocess.run([sys.executable, '-c', KILLER, '--task=pusht', f'--out_dir={out}', *common, *extra],
+                              cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
+
+    full = str(tmp_path / 'full')
+    r = run(full, 0)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ops = open(tmp_path / 'ops.log').read().split('\n')
+    first = next(i for i, o in enumerate(ops) if 'training_state-00000008' in o)
+    last = next(i for i, o in enumerate(ops) if 'training_state-00000012' in o) - 1
+    points = [int(o.split()[0]) for o in ops[first:last + 1]]
+    assert len(points) >= 5, ops  # tensors, their rename, the JSON commit, the old file's removal, the policy
+    reference = load_file(os.path.join(full, 'model.safetensors'))
+    for k in points:
+        out = str(tmp_path / f'kill{k}')
+        os.remove(tmp_path / 'ops.log')
+        r = run(out, k)
+        assert r.returncode == 137, (k, r.stderr[-2000:])
+        r = run(out, 0, ['--resume=True'])
+        assert r.returncode == 0, (k, r.stderr[-3000:])
+        iters = [json.loads(line)['iter'] for line in open(os.path.join(out, 'log.jsonl'))]
+        assert iters == list(range(1, 13)), (k, iters)  # every iteration once, in order
+        a, b = losses(full), losses(out)
+        assert all(abs(a[i] - b[i]) < 1e-5 * max(1.0, abs(a[i])) for i in a), (k, a, b)
+        final = load_file(os.path.join(out, 'model.safetensors'))
+        assert all(torch_equal(reference[n], final[n]) for n in reference), k
+
+
+def torch_equal(a, b):
+    import torch
+    return torch.equal(a, b)
