@@ -114,6 +114,23 @@ _RANGES = {
     'weight_decay': (lambda v: 0 <= v < float('inf'), '>= 0'), 'max_grad_norm': (lambda v: v >= 0, '>= 0 (0 = off)'),
     'ema_decay': (lambda v: 0 <= v < 1, 'in [0, 1) (0 = off; 0.995 averages ~200 steps)'),
     'betas': (lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), 'two numbers in [0, 1), e.g. (0.9, 0.95)'),
+    'n_action_steps': (lambda v: v >= 0, '>= 1 (0 = the checkpoint\'s value in eval.py / deploy.py)'),
+    # model sizes (every ManipulationVLAConfig count)
+    **{k: (lambda v: v >= 1, '>= 1') for k in (
+        'hidden_size', 'num_layers', 'num_heads', 'cnn_width', 'vision_grid', 'num_readout_tokens', 'max_text_tokens',
+        'head_hidden_dim', 'denoiser_dim', 'diffusion_steps', 'diffusion_inference_steps', 'flow_steps', 'lora_r',
+        'lora_alpha')},
+    # DAgger, GAIL, multi-task, eval and deploy
+    **{k: (lambda v: v >= 1, '>= 1') for k in (
+        'dagger_iters', 'episodes_per_iter', 'train_iters', 'expert_episodes', 'steps_per_iter', 'ppo_epochs',
+        'minibatch_size', 'hidden_dim', 'curriculum_interval', 'image_size', 'episodes', 'threads')},
+    **{k: (lambda v: v >= 0, '>= 0') for k in (
+        'bc_iters', 'ppo_iters', 'disc_steps', 'max_steps', 'videos', 'entropy_coef', 'value_coef', 'bc_coef',
+        'grad_penalty', 'rate', 'max_step_change')},
+    **{k: (lambda v: 0 <= v <= 1, 'in [0, 1]') for k in ('beta', 'beta_decay', 'gamma', 'gae_lambda')},
+    'clip_eps': (lambda v: 0 < v < 1, 'in (0, 1), e.g. 0.2'),
+    'disc_learning_rate': (lambda v: 0 < v < float('inf'), 'a finite number > 0'),
+    'watchdog_timeout': (lambda v: 0 <= v < float('inf'), 'a finite number of seconds >= 0 (0 = off)'),
 }
 
 

@@ -21,7 +21,6 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors.torch import save_file
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
@@ -82,6 +81,7 @@ globals().update({k: v for k, v in config_defaults().items() if k not in globals
 # -----------------------------------------------------------------------------
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 # -----------------------------------------------------------------------------
+import checkpoint  # noqa: E402
 import data  # noqa: E402  (after the configurator so --help-like errors are fast)
 import envs  # noqa: E402
 from eval import ManipulationEvaluator, VLAPolicy  # noqa: E402
@@ -241,84 +241,38 @@ def get_lr(it):
 
 # -----------------------------------------------------------------------------
 # checkpoints: out_dir/{model.safetensors, config.json} is the EMA policy that eval/deploy load;
-# training_state-<step>.safetensors (raw + EMA weights, optimizer, RNG) and training_state.json (the step, the
-# tensor file's name and sha256) are what --resume reads. Crash consistency: the tensors go to a NEW file, then
-# training_state.json is replaced in one rename (the commit point), and only then is the old file deleted, so a
-# kill at any instant leaves the JSON naming a complete tensor file of its own step.
-CKPT_FORMAT_VERSION = 2
-
-
-def sha256(path):
-    import hashlib
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            h.update(block)
-    return h.hexdigest()
+# training_state.json + the training_state-<step>.safetensors it names (raw + EMA weights, optimizer, RNG)
+# are what --resume reads, written crash-consistently by checkpoint.py
 
 
 def save_training_state(it, best_success):
-    """Write everything --resume needs (see above), then the EMA policy for eval.py / deploy.py."""
-    tensors = {f'model.{k}': v.detach().cpu().contiguous() for k, v in raw_model.state_dict().items()}
+    """Commit everything --resume needs, then write the EMA policy for eval.py / deploy.py."""
+    tensors = {f'model.{k}': v for k, v in raw_model.state_dict().items()}
     if ema_model is not None:
-        tensors.update({f'ema.{k}': v.detach().cpu().contiguous() for k, v in ema_model.state_dict().items()})
-    opt_state = optimizer.state_dict()
-    for pid, st in opt_state['state'].items():
-        for name, v in st.items():
-            tensors[f'optim.{pid}.{name}'] = v.detach().cpu().contiguous()
+        tensors.update({f'ema.{k}': v for k, v in ema_model.state_dict().items()})
+    optim, param_groups = checkpoint.optimizer_tensors(optimizer, 'optim')
+    tensors.update(optim)
     tensors['rng.torch'] = torch.get_rng_state()
     if device_type == 'cuda':
         tensors['rng.cuda'] = torch.cuda.get_rng_state()
-    name = f'training_state-{it:08d}.safetensors'
-    path = os.path.join(out_dir, name)
-    save_file(tensors, path + '.tmp')
-    os.replace(path + '.tmp', path)
-    meta = dict(format_version=CKPT_FORMAT_VERSION, iter_num=it, best_success=best_success, tensors=name,
-                sha256=sha256(path), param_groups=opt_state['param_groups'], scaler=scaler.state_dict(), config=config)
-    write_json(os.path.join(out_dir, 'training_state.json'), meta)  # the commit point
-    for f in os.listdir(out_dir):  # older states and leftovers of an interrupted save
-        if f.startswith('training_state-') and f != name:
-            os.remove(os.path.join(out_dir, f))
+    checkpoint.save_state(out_dir, 'training_state', it, tensors,
+                          dict(best_success=best_success, param_groups=param_groups, scaler=scaler.state_dict(),
+                               config=config))
     (ema_model or raw_model).save_pretrained(out_dir)
-
-
-def write_json(path, obj):
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-        json.dump(obj, f, indent=2, default=str)
-    os.replace(tmp, path)
 
 
 def load_training_state():
     """Restore raw weights, EMA, optimizer and RNG from out_dir; return (iter_num, best_success)."""
-    meta_path = os.path.join(out_dir, 'training_state.json')
-    if not os.path.exists(meta_path):
-        raise SystemExit(f"--resume=True but {meta_path} does not exist: train without --resume first")
-    with open(meta_path) as f:
-        meta = json.load(f)
-    if meta.get('format_version') != CKPT_FORMAT_VERSION:
-        raise SystemExit(f"{meta_path} has format_version {meta.get('format_version')}, "
-                         f"this train_bc.py reads {CKPT_FORMAT_VERSION}: resume with the version that wrote it")
-    path = os.path.join(out_dir, meta['tensors'])
-    if not os.path.exists(path) or sha256(path) != meta['sha256']:
-        raise SystemExit(f"{path} is missing or does not match the sha256 in {meta_path}: the checkpoint was "
-                         f"modified after it was written; restore the folder or train anew")
-    from model import read_safetensors
-    tensors = read_safetensors(path)
+    meta, tensors = checkpoint.load_state(out_dir, 'training_state')
     raw_model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith('model.')})
     if ema_model is not None:
         ema_model.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith('ema.')})
-    state = {}
-    for k, v in tensors.items():
-        if k.startswith('optim.'):
-            _, pid, name = k.split('.', 2)
-            state.setdefault(int(pid), {})[name] = v.to(device) if name != 'step' else v
-    optimizer.load_state_dict({'state': state, 'param_groups': meta['param_groups']})
+    checkpoint.load_optimizer(optimizer, tensors, 'optim', meta['param_groups'], device)
     scaler.load_state_dict(meta['scaler'])
     torch.set_rng_state(tensors['rng.torch'])
     if 'rng.cuda' in tensors and device_type == 'cuda':
         torch.cuda.set_rng_state(tensors['rng.cuda'])
-    return meta['iter_num'], meta['best_success']
+    return meta['step'], meta['best_success']
 
 
 raw_model = model  # the module whose weights are saved (compile and DDP wrap it below)
@@ -327,13 +281,10 @@ log_path = os.path.join(out_dir, 'log.jsonl')
 if resume:
     iter_num, best_success = load_training_state()
     print0(f"resumed from {out_dir} at iteration {iter_num}")
-    if master_process and os.path.exists(log_path):  # drop what the interrupted run logged after its checkpoint
-        kept = [line for line in open(log_path) if json.loads(line)['iter'] <= iter_num]
-        with open(log_path + '.tmp', 'w') as f:
-            f.writelines(kept)
-        os.replace(log_path + '.tmp', log_path)
+    if master_process:
+        checkpoint.truncate_log(log_path, iter_num)
 if master_process:
-    write_json(os.path.join(out_dir, 'train_config.json'),
+    checkpoint.write_json(os.path.join(out_dir, 'train_config.json'),
                dict(config, instruction=eval_instruction, instructions=instructions, image_keys=task_spec['image_keys'],
                     state_key=task_spec['state_key'],
                     dataset_path=dataset_path, num_frames=len(train_set)))
@@ -437,7 +388,7 @@ if ddp:
 if master_process:
     if final_eval_episodes > 0:
         m = evaluate(final_eval_episodes, start_seed=envs.TEST_SEED, video_dir=os.path.join(out_dir, 'videos'))
-        write_json(os.path.join(out_dir, 'eval.json'), m)
+        checkpoint.write_json(os.path.join(out_dir, 'eval.json'), m)
         log(dict(iter=max_iters, test_success=m['success_rate'], test_max_reward=m['avg_max_reward'],
                  time=time.time() - t_start, train_time=train_seconds))
         summary = (f"success {m['success_rate']:.2f} over {final_eval_episodes} held-out episodes "

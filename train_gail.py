@@ -62,6 +62,7 @@ _task_presets = False  # --task names the simulator; config/<task>.py holds BC p
 # -----------------------------------------------------------------------------
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 # -----------------------------------------------------------------------------
+import checkpoint  # noqa: E402
 import data  # noqa: E402
 import envs  # noqa: E402
 import pusht  # noqa: E402
@@ -363,38 +364,27 @@ def bc_pretrain(n_iters):
 
 
 # -----------------------------------------------------------------------------
-# checkpoints: networks + optimizers as safetensors, the round and history as JSON, each atomic
+# checkpoints: networks + optimizers + RNG as gail_state-<round>-<id>.safetensors, the round and history in
+# gail_state.json,
+# committed crash-consistently by checkpoint.py
 def save_checkpoint(it, history, carry_seed):
-    tensors = {f'{name}.{k}': v.detach().contiguous().clone() for name, m in
-               (('policy', policy), ('value', value_fn), ('disc', discriminator)) for k, v in m.state_dict().items()}
+    tensors = {f'{name}.{k}': v for name, m in (('policy', policy), ('value', value_fn), ('disc', discriminator))
+               for k, v in m.state_dict().items()}
     groups = {}
     for name, opt in (('opt_pi', opt_pi), ('opt_d', opt_d)):
-        sd = opt.state_dict()
-        for pid, st in sd['state'].items():
-            for k, v in st.items():
-                tensors[f'{name}.{pid}.{k}'] = torch.as_tensor(v).contiguous().clone()
-        groups[name] = sd['param_groups']
+        optim, groups[name] = checkpoint.optimizer_tensors(opt, name)
+        tensors.update(optim)
     tensors['rng.torch'] = torch.get_rng_state()
-    save_file(tensors, os.path.join(out_dir, 'gail.safetensors.tmp'))
-    os.replace(os.path.join(out_dir, 'gail.safetensors.tmp'), os.path.join(out_dir, 'gail.safetensors'))
-    meta = dict(iter=it, history=history, param_groups=groups, next_seed=carry_seed, config=config)
-    with open(os.path.join(out_dir, 'gail_state.json.tmp'), 'w') as f:
-        json.dump(meta, f, indent=2)
-    os.replace(os.path.join(out_dir, 'gail_state.json.tmp'), os.path.join(out_dir, 'gail_state.json'))
+    checkpoint.save_state(out_dir, 'gail_state', it, tensors,
+                          dict(iter=it, history=history, param_groups=groups, next_seed=carry_seed, config=config))
 
 
 def load_checkpoint():
-    meta = json.load(open(os.path.join(out_dir, 'gail_state.json')))
-    tensors = load_file(os.path.join(out_dir, 'gail.safetensors'))
+    meta, tensors = checkpoint.load_state(out_dir, 'gail_state')
     for name, m in (('policy', policy), ('value', value_fn), ('disc', discriminator)):
         m.load_state_dict({k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + '.')})
     for name, opt in (('opt_pi', opt_pi), ('opt_d', opt_d)):
-        state = {}
-        for k, v in tensors.items():
-            if k.startswith(name + '.'):
-                _, pid, key = k.split('.', 2)
-                state.setdefault(int(pid), {})[key] = v
-        opt.load_state_dict({'state': state, 'param_groups': meta['param_groups'][name]})
+        checkpoint.load_optimizer(opt, tensors, name, meta['param_groups'][name])
     torch.set_rng_state(tensors['rng.torch'])
     return meta
 

@@ -27,7 +27,6 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 # -----------------------------------------------------------------------------
@@ -69,6 +68,7 @@ _task_presets = False  # config/<task>.py presets are single-task: --tasks names
 # -----------------------------------------------------------------------------
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 # -----------------------------------------------------------------------------
+import checkpoint  # noqa: E402
 import data  # noqa: E402
 import envs  # noqa: E402
 from eval import ManipulationEvaluator, VLAPolicy  # noqa: E402
@@ -204,55 +204,36 @@ def get_lr(it):
 
 # -----------------------------------------------------------------------------
 # checkpoints: weights (EMA = the policy we evaluate; raw + optimizer + RNG for --resume) as safetensors,
-# everything else (config, tasks, instructions, per-task statistics) as JSON; temp file + rename
-
-
-def write_json(path, obj):
-    with open(path + '.tmp', 'w') as f:
-        json.dump(obj, f, indent=2, default=str)
-    os.replace(path + '.tmp', path)
+# everything else (config, tasks, instructions, per-task statistics) as JSON, committed by checkpoint.py
 
 
 def save_checkpoint(it):
-    tensors = {f'ema.{k}': v.detach().cpu().contiguous().clone() for k, v in ema.state_dict().items()}
-    tensors.update({f'raw.{k}': v.detach().cpu().contiguous().clone() for k, v in policy.state_dict().items()})
-    opt = optimizer.state_dict()
-    for pid, st in opt['state'].items():
-        tensors.update({f'optim.{pid}.{name}': v.detach().cpu().contiguous() for name, v in st.items()})
+    tensors = {f'ema.{k}': v for k, v in ema.state_dict().items()}
+    tensors.update({f'raw.{k}': v for k, v in policy.state_dict().items()})
+    optim, param_groups = checkpoint.optimizer_tensors(optimizer, 'optim')
+    tensors.update(optim)
     tensors['rng.torch'] = torch.get_rng_state()
-    path = os.path.join(out_dir, 'multitask.safetensors')
-    save_file(tensors, path + '.tmp')
-    os.replace(path + '.tmp', path)
-    meta = dict(iter_num=it, config=config, model_config=model_config.__dict__, param_groups=opt['param_groups'],
+    meta = dict(iter_num=it, config=config, model_config=model_config.__dict__, param_groups=param_groups,
                 numpy_rng=rng.bit_generator.state, samples_seen=samples_seen.tolist(),
                 tasks=[{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in d.items() if k != 'ds'}
                        for d in task_data])
-
-    write_json(os.path.join(out_dir, 'multitask.json'), meta)  # last: it names the step
+    checkpoint.save_state(out_dir, 'multitask', it, tensors, meta)
 
 
 iter_num = 0
 if resume:
-    meta_path = os.path.join(out_dir, 'multitask.json')
-    if not os.path.exists(meta_path):
-        raise SystemExit(f"--resume=True but {meta_path} does not exist: train without --resume first")
-    meta = json.load(open(meta_path))
+    meta, tensors = checkpoint.load_state(out_dir, 'multitask')
     if [d['task'] for d in meta['tasks']] != tasks or meta['config']['multi_head'] != multi_head:
         raise SystemExit(f"{out_dir} was trained on tasks {[d['task'] for d in meta['tasks']]} with multi_head="
                          f"{meta['config']['multi_head']}: resume with the same --tasks and --multi_head")
-    tensors = load_file(os.path.join(out_dir, 'multitask.safetensors'))
     policy.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith('raw.')})
     ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith('ema.')})
-    state = {}
-    for k, v in tensors.items():
-        if k.startswith('optim.'):
-            _, pid, name = k.split('.', 2)
-            state.setdefault(int(pid), {})[name] = v.to(device) if name != 'step' else v
-    optimizer.load_state_dict({'state': state, 'param_groups': meta['param_groups']})
+    checkpoint.load_optimizer(optimizer, tensors, 'optim', meta['param_groups'], device)
     torch.set_rng_state(tensors['rng.torch'])
     rng.bit_generator.state = meta['numpy_rng']
     samples_seen[:] = meta['samples_seen']
     iter_num = meta['iter_num']
+    checkpoint.truncate_log(os.path.join(out_dir, 'log.jsonl'), iter_num)
     print(f"resumed from {out_dir} at iteration {iter_num}")
 
 # -----------------------------------------------------------------------------
@@ -330,4 +311,4 @@ if eval_episodes > 0:
         results[labels[i]] = {k: v for k, v in m.items() if k != 'episodes'}
         print(f"{d['task']}: success {m['success_rate']:.2f} over {eval_episodes} held-out episodes "
               f"(avg max reward {m['avg_max_reward']:.3f})")
-    write_json(os.path.join(out_dir, 'eval.json'), results)
+    checkpoint.write_json(os.path.join(out_dir, 'eval.json'), results)

@@ -181,7 +181,8 @@ def moving_action(task, t, last):
 
 
 @pytest.mark.parametrize("task, probe, tol, settle", [("pusht", pusht_probe, 1.0, 8), ("lift", lift_probe, 0.005, 4),
-                                                      ("aloha_transfer_cube", aloha_probe, 0.02, 4)])
+                                                      ("aloha_transfer_cube", aloha_probe, 0.02, 4),
+                                                      ("aloha_insertion", aloha_probe, 0.02, 4)])
 def test_estop_stops_the_simulated_robot(task, probe, tol, settle):
     """Drive the robot, press the e-stop, keep feeding moving commands: after a short settling (the last safe
     command was already sent: PushT's pusher closes its lag to the target in ~0.8 s, critically damped) the robot

@@ -183,7 +183,7 @@ def test_gail_pixel_mode_updates_the_vla_policy(bc_checkpoints, tmp_path):
                           '--expert_episodes=1', '--ppo_iters=1', '--steps_per_iter=24', '--minibatch_size=8',
                           '--eval_episodes=0', '--ppo_epochs=1', '--disc_steps=1'])
     init = load_file(os.path.join(ckpts['gaussian'], 'model.safetensors'))
-    after = load_file(os.path.join(out, 'gail.safetensors'))
+    after = load_file(os.path.join(out, json.load(open(os.path.join(out, 'gail_state.json')))['tensors']))
     moved = [k for k in init if k.startswith('head.') and not torch.equal(init[k], after['policy.vla.' + k])]
     assert moved, "PPO did not change the Gaussian head's weights"
     r = run('train_gail.py', ['--task=pusht', '--obs_mode=pixels', f'--init_from={ckpts["mlp"]}',

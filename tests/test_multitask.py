@@ -82,7 +82,7 @@ def test_curriculum_admits_tasks_in_order_with_a_head_per_task(demos, tmp_path):
     out = str(tmp_path / 'cur')
     run([f'--datasets={demos}', f'--out_dir={out}', '--curriculum=True', '--curriculum_interval=10',
          '--max_iters=30', '--eval_episodes=0', '--multi_head=True'] + TINY)
-    weights = load_file(os.path.join(out, 'multitask.safetensors'))
+    weights = load_file(os.path.join(out, json.load(open(os.path.join(out, 'multitask.json')))['tensors']))
     assert any(k.startswith('ema.heads.2.') for k in weights) and not any(k.startswith('ema.vla.head.') for k in weights)
     records = {r['iter']: r for r in log(out)}
     assert records[10]['active_tasks'] == 1 and records[10]['samples_seen']['lift'] == 10 * 16
@@ -137,7 +137,7 @@ def test_instruction_conditions_the_policy(tmp_path):
     # rebuild the policy from the checkpoint files (safetensors + JSON)
     meta = json.load(open(os.path.join(out, 'multitask.json')))
     model = ManipulationVLA(ManipulationVLAConfig(**meta['model_config']))
-    weights = load_file(os.path.join(out, 'multitask.safetensors'))
+    weights = load_file(os.path.join(out, meta['tensors']))
     model.load_state_dict({k[len('ema.vla.'):]: v for k, v in weights.items() if k.startswith('ema.vla.')})
     model.eval()
     env = envs.make_env('pusht')

@@ -1,0 +1,97 @@
+"""
+Resumable training state, the one way every stage script writes and reads it (as nanochat shares its
+checkpoint manager); each script decides WHAT goes in (weights, optimizer, RNG, its own counters).
+
+    save_state(out_dir, 'training_state', step, tensors, meta)   # -> <name>-<step>-<id>.safetensors + <name>.json
+    meta, tensors = load_state(out_dir, 'training_state')
+
+Crash consistency: the tensors go to a NEW file named by the step, then <name>.json (the step, that file's
+name and sha256, the script's metadata) is replaced in one rename -- the commit point -- and only then are
+older tensor files deleted. A kill at any instant leaves the JSON naming a complete tensor file of its
+own step, so a resume never mixes steps; a file changed afterwards fails its checksum.
+Also the atomic JSON write the scripts share.
+"""
+import hashlib
+import json
+import os
+import uuid
+
+import torch
+from safetensors.torch import save_file
+
+FORMAT_VERSION = 2
+
+
+def write_json(path, obj):
+    """Write JSON to a temp name, then rename: readers see the old file or the new one, never half."""
+    with open(path + '.tmp', 'w') as f:
+        json.dump(obj, f, indent=2, default=str)
+    os.replace(path + '.tmp', path)
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_state(out_dir, name, step, tensors, meta):
+    """tensors {str: tensor}, meta a JSON-able dict -> committed as step `step` (see above)."""
+    file = f'{name}-{step:08d}-{uuid.uuid4().hex[:8]}.safetensors'  # unique: re-saving a step never touches
+    #                                                                 the file the committed JSON names
+    path = os.path.join(out_dir, file)
+    save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, path + '.tmp')
+    os.replace(path + '.tmp', path)
+    write_json(os.path.join(out_dir, f'{name}.json'),
+               dict(meta, format_version=FORMAT_VERSION, step=step, tensors=file, sha256=sha256(path)))  # the commit
+    for f in os.listdir(out_dir):  # older states and leftovers of an interrupted save
+        if f.startswith(f'{name}-') and f != file:
+            os.remove(os.path.join(out_dir, f))
+
+
+def load_state(out_dir, name):
+    """-> (meta dict, tensors dict) of the last committed step; SystemExit with the fix if there is none."""
+    from model import read_safetensors
+    meta_path = os.path.join(out_dir, f'{name}.json')
+    if not os.path.exists(meta_path):
+        raise SystemExit(f"--resume=True but {meta_path} does not exist: train without --resume first")
+    with open(meta_path) as f:
+        meta = json.load(f)
+    if meta.get('format_version') != FORMAT_VERSION:
+        raise SystemExit(f"{meta_path} has format_version {meta.get('format_version')}, this code reads "
+                         f"{FORMAT_VERSION}: resume with the version that wrote it, or train anew")
+    path = os.path.join(out_dir, meta['tensors'])
+    if not os.path.exists(path) or sha256(path) != meta['sha256']:
+        raise SystemExit(f"{path} is missing or does not match the sha256 in {meta_path}: the checkpoint was "
+                         f"changed after it was written; restore the folder or train anew")
+    return meta, read_safetensors(path)
+
+
+def optimizer_tensors(optimizer, prefix):
+    """An optimizer's per-parameter state as flat tensors '<prefix>.<param id>.<key>' (+ its param groups)."""
+    sd = optimizer.state_dict()
+    tensors = {f'{prefix}.{pid}.{k}': torch.as_tensor(v) for pid, st in sd['state'].items() for k, v in st.items()}
+    return tensors, sd['param_groups']
+
+
+def load_optimizer(optimizer, tensors, prefix, param_groups, device='cpu'):
+    """Inverse of optimizer_tensors."""
+    state = {}
+    for k, v in tensors.items():
+        if k.startswith(prefix + '.'):
+            _, pid, key = k.split('.', 2)
+            state.setdefault(int(pid), {})[key] = v.to(device) if key != 'step' else v
+    optimizer.load_state_dict({'state': state, 'param_groups': param_groups})
+
+
+def truncate_log(log_path, step):
+    """After a resume from `step`: drop what an interrupted run logged past it, so log.jsonl holds every
+    iteration once (records carry 'iter')."""
+    if not os.path.exists(log_path):
+        return
+    kept = [line for line in open(log_path) if line.strip() and json.loads(line)['iter'] <= step]
+    with open(log_path + '.tmp', 'w') as f:
+        f.writelines(kept)
+    os.replace(log_path + '.tmp', log_path)
