@@ -17,14 +17,21 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def points(run):
-    """-> [(iteration, minutes of training (train_time: evaluations left out), success, 'val' | 'test')] from run/log.jsonl."""
-    out = []
+def points(run, pause=None):
+    """-> [(iteration, minutes of training (train_time: evaluations left out), success, 'val' | 'test')] from
+    run/log.jsonl; a test result only in run/eval.json (evaluated by eval.py) counts at the last iteration.
+    pause = (iteration, seconds): the run was stopped that long after that iteration; not training time."""
+    out, last, eval_seconds = [], None, 0.0
     for line in open(os.path.join(run, 'log.jsonl')):
         r = json.loads(line)
+        eval_seconds = r['time'] - r['train_time'] if 'train_time' in r else eval_seconds  # so far
+        t = r['time'] - eval_seconds - (pause[1] if pause and r['iter'] > pause[0] else 0)
+        last = (r['iter'], t / 60)
         for key, split in (('eval_success', 'val'), ('test_success', 'test')):
             if key in r:
-                out.append((r['iter'], r.get('train_time', r['time']) / 60, r[key], split))
+                out.append((r['iter'], t / 60, r[key], split))
+    if not any(p[3] == 'test' for p in out) and os.path.exists(os.path.join(run, 'eval.json')):
+        out.append((*last, json.load(open(os.path.join(run, 'eval.json')))['success_rate'], 'test'))
     return out
 
 
@@ -34,11 +41,13 @@ def main():
     p.add_argument('--out', default='success_vs_time.png')
     p.add_argument('--reference', type=float, default=None)
     p.add_argument('--reference_label', default='reference')
+    p.add_argument('--pause', default='', help="ITER:SECONDS: a stop of the (first) run after ITER, not training time")
     args = p.parse_args()
     fig, ax = plt.subplots(figsize=(7, 4))
     print(f"{'run':<28} {'iter':>7} {'minutes':>8} {'success':>8}  split")
-    for run in args.runs:
-        pts = points(run)
+    pause = tuple(float(x) for x in args.pause.split(':')) if args.pause else None
+    for i, run in enumerate(args.runs):
+        pts = points(run, pause if i == 0 else None)
         for it, minutes, success, split in pts:
             print(f"{os.path.basename(run.rstrip('/')):<28} {it:>7} {minutes:>8.1f} {success:>8.3f}  {split}")
         ax.plot([m for _, m, _, _ in pts], [s for _, _, s, _ in pts], 'o-', label=os.path.basename(run.rstrip('/')))
