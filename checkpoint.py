@@ -53,12 +53,11 @@ def save_state(out_dir, name, step, tensors, meta):
 
 def load_state(out_dir, name):
     """-> (meta dict, tensors dict) of the last committed step; SystemExit with the fix if there is none."""
-    from model import read_safetensors
+    from model import read_json, read_safetensors
     meta_path = os.path.join(out_dir, f'{name}.json')
     if not os.path.exists(meta_path):
         raise SystemExit(f"--resume=True but {meta_path} does not exist: train without --resume first")
-    with open(meta_path) as f:
-        meta = json.load(f)
+    meta = read_json(meta_path)
     if meta.get('format_version') != FORMAT_VERSION:
         raise SystemExit(f"{meta_path} has format_version {meta.get('format_version')}, this code reads "
                          f"{FORMAT_VERSION}: resume with the version that wrote it, or train anew")

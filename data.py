@@ -661,14 +661,15 @@ def augment_batch(images, crop_scale=(0.8, 1.0), crop_ratio=(3 / 4, 4 / 3), max_
                   brightness=0.2, contrast=0.2, saturation=0.2, generator=None):
     """RandomResizedCrop + small RandomAffine + ColorJitter for a whole batch, in plain torch.
 
-    images (B, N, 3, H, W) uint8 or float [0,1] -> same shape and dtype, each image augmented independently.
+    images (..., 3, H, W) uint8 or float [0,1] (e.g. (B, cams, ...) or (B, n_obs, cams, ...)) -> same shape and
+    dtype, each image augmented independently.
     Crop, rotation and shift are one affine map per image, so the batch is resampled by a single
     grid_sample call (Spatial Transformer, Jaderberg 2015); brightness, contrast and saturation are
     linear in RGB, so they fold into one 3x3 matrix + offset per image (one bmm instead of ~15 passes).
     """
-    B, N, C, H, W = images.shape
-    M, dev = B * N, images.device
-    x = images.reshape(M, C, H, W).float()
+    C, H, W = images.shape[-3:]
+    x = images.reshape(-1, C, H, W).float()
+    M, dev = x.shape[0], images.device
     x = x / 255.0 if images.dtype == torch.uint8 else x
 
     def u(lo, hi):  # (M,) uniform samples
@@ -697,7 +698,7 @@ def augment_batch(images, crop_scale=(0.8, 1.0), crop_ratio=(3 / 4, 4 / 3), max_
     sat = s.view(M, 1, 1) * torch.eye(3, device=dev) + (1 - s).view(M, 1, 1) * luma.view(1, 1, 3)  # (M, 3, 3)
     A = sat * (b * c).view(M, 1, 1)
     t = ((1 - c) * b * m).view(M, 1)  # rows of sat sum to 1, so the contrast offset passes through unchanged
-    x = (torch.bmm(A, x.reshape(M, C, H * W)) + t.unsqueeze(-1)).clamp_(0, 1).view(B, N, C, H, W)
+    x = (torch.bmm(A, x.reshape(M, C, H * W)) + t.unsqueeze(-1)).clamp_(0, 1).view(images.shape)
     return (x * 255 + 0.5).to(torch.uint8) if images.dtype == torch.uint8 else x.to(images.dtype)
 
 
@@ -768,7 +769,7 @@ class ManipulationDataset(torch.utils.data.Dataset):
             im = torch.from_numpy(np.stack([im[obs] for im in self.images], -4))
             batch["images"] = im.movedim(-1, -3)
             if self.augment:
-                batch["images"] = augment_batch(batch["images"].flatten(0, -5)).view(batch["images"].shape)
+                batch["images"] = augment_batch(batch["images"])
             else:
                 batch["images"] = batch["images"].contiguous()
         if self.depth_keys:

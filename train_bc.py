@@ -327,7 +327,7 @@ for it in pbar:
     for micro_step in range(gradient_accumulation_steps):
         batch = next(batches)
         if augment:
-            batch['images'] = data.augment_batch(batch['images'].flatten(0, -5)).view(batch['images'].shape)
+            batch['images'] = data.augment_batch(batch['images'])
         if augment_shift > 0:  # translation only: the camera is fixed, but shifts stop pixel-exact memorization
             batch['images'] = data.shift_batch(batch['images'], augment_shift)
         if ddp:  # only sync gradients on the last micro-step (nanoGPT)

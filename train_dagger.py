@@ -48,6 +48,7 @@ _task_presets = False  # --task names the simulator; BC presets are in the init_
 # -----------------------------------------------------------------------------
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 # -----------------------------------------------------------------------------
+import checkpoint  # noqa: E402
 import data  # noqa: E402
 import envs  # noqa: E402
 from eval import load_policy  # noqa: E402
@@ -75,12 +76,6 @@ os.makedirs(out_dir, exist_ok=True)
 def beta_at(i):
     """Probability of executing the expert's action in round i (the label is always the expert's)."""
     return beta * beta_decay ** i
-
-
-def write_json(path, obj):
-    with open(path + '.tmp', 'w') as f:
-        json.dump(obj, f, indent=2)
-    os.replace(path + '.tmp', path)
 
 
 def rollout_and_label(policy, expert, writer, n_episodes, first_seed, beta_i, rng):
@@ -185,7 +180,7 @@ for i in range(state['done'] + 1, dagger_iters):
     state['history'].append(dict(round=i, labels=labels, ckpt=round_dir, beta=beta_i, rollout_success=rollout_success,
                                  expert_fraction=float(np.mean([e['expert_fraction'] for e in eps])),
                                  test_success=test_success, test_max_reward=test_max_reward, minutes=(time.time() - t_start) / 60))
-    write_json(state_path, state)
+    checkpoint.write_json(state_path, state)
     print(f"round {i}: test success {test_success} over {eval_episodes} held-out episodes")
 
 print("\nlabels  test_success  test_max_reward  (round -1 = the BC policy we started from)")
