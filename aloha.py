@@ -30,21 +30,20 @@ import gymnasium as gym  # noqa: E402
 import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 
-import envs  # noqa: E402
 from dm_control import mujoco as dm_mujoco  # noqa: E402
 from dm_control.rl import control  # noqa: E402
 from gym_aloha.constants import ASSETS_DIR, DT, START_ARM_POSE  # noqa: E402
-from gym_aloha.constants import ACTIONS, JOINTS  # noqa: E402, F401  (envs.py names dataset features with them)
+from gym_aloha.constants import ACTIONS, JOINTS  # noqa: E402
 from gym_aloha.tasks import sim, sim_end_effector  # noqa: E402
 from gym_aloha.utils import sample_box_pose, sample_insertion_pose  # noqa: E402
+
+from tasks import ALOHA_HIGH, ALOHA_LOW, TASKS, TEST_SEED, new_mujoco_renderer  # noqa: E402
 
 FPS = 50
 ARM = {"left": (0, 6), "right": (8, 14)}  # qpos slices of each arm's 6 joints (qpos 6:8, 14:16 = finger slides)
 GRIPPER_BODY = {"left": "vx300s_left/gripper_link", "right": "vx300s_right/gripper_link"}
 GRIP = 0.11  # m from the gripper_link origin along its x axis (the fingers) to the point we aim at the object
-# joint limits (rad) of each arm's 6 joints (waist, shoulder, elbow, forearm roll, wrist angle, wrist rotate)
-ARM_LOW = [-3.14158, -1.85005, -1.76278, -3.14158, -1.8675, -3.14158]
-ARM_HIGH = [3.14158, 1.25664, 1.6057, 3.14158, 2.23402, 3.14158]
+ARM_LOW, ARM_HIGH = ALOHA_LOW[:6], ALOHA_HIGH[:6]  # joint limits (rad) of each arm's 6 joints (no gripper)
 
 # -----------------------------------------------------------------------------
 # the environments: gym-aloha's tasks (same XML, action mapping, reward) with cheap observations
@@ -76,6 +75,8 @@ SIMS = {  # task -> gym-aloha name, its (joint task, end-effector task) classes,
     "aloha_transfer_cube": ("transfer_cube", _TransferCube, _TransferCubeEE, sample_box_pose),
     "aloha_insertion": ("insertion", _Insertion, _InsertionEE, lambda s: np.concatenate(sample_insertion_pose(s))),
 }
+SPECS = {task: TASKS[task] for task in SIMS}
+EXPERT_FLAGS = ("ik",)  # the expert options `python envs.py` takes for these tasks: ik=True records the IK expert
 
 
 class AlohaEnv(gym.Env):
@@ -140,7 +141,7 @@ class AlohaEnv(gym.Env):
         at 96 px the cube is ~3 px wide, and blended edge pixels keep its sub-pixel position. A square image
         of this camera is the central crop of the 4:3 view: the whole table, without the arms' bases."""
         if (h, w) not in self._renderers:
-            self._renderers[(h, w)] = envs.new_mujoco_renderer(self.physics.model.ptr, ss * h, ss * w)
+            self._renderers[(h, w)] = new_mujoco_renderer(self.physics.model.ptr, ss * h, ss * w)
         r = self._renderers[(h, w)]
         r.update_scene(self.physics.data.ptr, camera="top")
         r.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
@@ -153,19 +154,27 @@ class AlohaEnv(gym.Env):
         self._renderers = {}
 
 
-def make_env(task, image_size=96, obs_type=None, max_steps=400):
-    """The joint-space task with a time limit; obs_type=None -> images + joint state, 'state' -> no images."""
-    env = AlohaEnv(task, obs_type=obs_type or "pixels_agent_pos", image_size=image_size)
-    return gym.wrappers.TimeLimit(env, max_episode_steps=max_steps)
+def make_env(task, render_mode="rgb_array", obs_type=None):
+    """The joint-space task with a time limit; obs_type=None -> images + joint state, 'state' -> no images.
+    render_mode: rgb_array is the only one."""
+    spec = SPECS[task]
+    env = AlohaEnv(task, obs_type=obs_type or "pixels_agent_pos", image_size=spec["image_size"])
+    return gym.wrappers.TimeLimit(env, max_episode_steps=spec["max_steps"])
 
 
-def obs_to_frame(obs, image_key, state_key):
+def obs_to_frame(task, obs):
     """Observation dict -> frame with LeRobot keys: image uint8 (S, S, 3), state float32 (14,)."""
+    spec = SPECS[task]
     if not isinstance(obs, dict) or "pixels" not in obs:
         raise ValueError("obs_to_frame needs the image observation; build the env with make_env(task) "
                          "(obs_type=None), not obs_type='state'")
-    return {image_key: np.ascontiguousarray(obs["pixels"]["top"], dtype=np.uint8),
-            state_key: np.asarray(obs["agent_pos"], dtype=np.float32)}
+    return {spec["image_keys"][0]: np.ascontiguousarray(obs["pixels"]["top"], dtype=np.uint8),
+            spec["state_key"]: np.asarray(obs["agent_pos"], dtype=np.float32)}
+
+
+def feature_names(task):
+    """(state names, action names, robot type) for the dataset's meta/info.json: gym-aloha's joint names."""
+    return JOINTS, ACTIONS, "aloha"
 
 
 # -----------------------------------------------------------------------------
@@ -347,6 +356,11 @@ def plan_joint_trajectory(task, seed, steps=400):
 # inverse kinematics: the closed-loop expert for states off the plan's path
 
 
+def make_expert(task, **kw):
+    """The closed-loop (IK) expert, the one that answers from any state; kw: AlohaExpert's options."""
+    return AlohaExpert(task, **kw)
+
+
 class AlohaExpert:
     """get_action(env) -> (14,) joint targets that move both grip points to the plan's poses for the next step,
     from the current joint angles. The plan is made once per episode from the objects' initial poses; inverse
@@ -404,20 +418,22 @@ class AlohaExpert:
 # episodes, recording and evaluation
 
 
-def run_expert_episode(task, seed, spec, render=True, ik=False, full=False):
-    """Plan (EE env), then replay the joint trajectory in the joint-space env (ik=True: the IK expert drives
-    instead). Stops at success (reward 4, the env terminates), unless full: then the whole plan runs and
-    'final_reward' says whether the cube ended in the left hand. -> dict(success, steps, actions (T, 14),
-    and when render: images (T, S, S, 3), states (T, 14): the observation BEFORE each action)."""
-    t0 = time.perf_counter()
+def run_expert_episode(task, seed, expert_kw=None, render=True, full=False):
+    """Plan (EE env), then replay the joint trajectory in the joint-space env (expert_kw {"ik": True}: the IK
+    expert drives instead, with the rest of expert_kw as its options). Stops at success (reward 4, the env
+    terminates), unless full: then the whole plan runs and 'final_reward' says whether the cube ended in the
+    left hand. -> dict(success, steps, actions (T, 14), and when render: images (T, S, S, 3), states (T, 14):
+    the observation BEFORE each action)."""
+    t0, spec, kw = time.perf_counter(), SPECS[task], dict(expert_kw or {})
+    ik = kw.pop("ik", False)
     plan = None if ik else plan_joint_trajectory(task, seed, spec["max_steps"])
     env = AlohaEnv(task, obs_type=None if render else "state", image_size=spec["image_size"])
-    expert = AlohaExpert(task) if ik else None
+    expert = make_expert(task, **kw) if ik else None
     obs, _ = env.reset(seed=seed)
     frames, actions, rewards, t_replay = [], [], [], time.perf_counter()
     for t in range(spec["max_steps"]):
         if render:
-            frames.append(obs_to_frame(obs, spec["image_keys"][0], spec["state_key"]))
+            frames.append(obs_to_frame(task, obs))
         actions.append(expert.get_action(env) if ik else plan["actions"][t])
         obs, reward, success, _, _ = env.step(actions[-1])
         rewards.append(reward)
@@ -436,12 +452,12 @@ def run_expert_episode(task, seed, spec, render=True, ik=False, full=False):
     return ep
 
 
-def evaluate_expert(task, spec, num_episodes, seed, ik=False, verbose=False):
+def evaluate_expert(task, num_episodes, seed=TEST_SEED, expert_kw=None, verbose=False):
     """Success of the plan + replay (or of the IK expert) without rendering; the whole plan runs (full=True)
-    so that 'handover' counts the episodes whose final reward is still 4."""
-    eps = []
+    so that 'final_reward_4' counts the episodes whose final reward is still 4."""
+    eps, ik = [], (expert_kw or {}).get("ik", False)
     for k in range(seed, seed + num_episodes):
-        eps.append(run_expert_episode(task, k, spec, render=False, ik=ik, full=True))
+        eps.append(run_expert_episode(task, k, expert_kw, render=False, full=True))
         if verbose:
             e = eps[-1]
             print(f"seed {k}: success={e['success']} steps={e['steps']} final_reward={e['final_reward']:.0f}")

@@ -32,6 +32,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from PIL import Image
@@ -66,18 +67,19 @@ def _read_parquet(path):
         raise ValueError(f"{path} is corrupt or truncated ({e}); re-download or re-record this dataset") from e
 
 
+def _read_json(path):
+    return json.loads(Path(path).read_text())
+
+
 def _write_json(obj, path):
     """Write JSON atomically (tmp + rename) so a crash never leaves a half-written info.json."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".tmp"), "w") as f:
-        json.dump(obj, f, indent=4, default=lambda x: x.tolist() if hasattr(x, "tolist") else str(x))
-    os.replace(path.with_suffix(".tmp"), path)
+    tmp = Path(path).with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=4, default=lambda x: x.tolist() if hasattr(x, "tolist") else str(x)))
+    os.replace(tmp, path)
 
 
 def _read_jsonl(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
 def _arrow_to_numpy(col, shape):
@@ -89,10 +91,15 @@ def _arrow_to_numpy(col, shape):
     return out if list(shape) == [1] else out.reshape(len(col), *shape)
 
 
-def _numpy_to_arrow(x):
-    """np.ndarray (N, *shape) -> nested fixed-size-list column (what HF List/ArrayND read back)."""
-    arr = pa.array(np.ascontiguousarray(x).reshape(-1))
-    for d in reversed(x.shape[1:]):
+def _column(x, f):
+    """np.ndarray (N, *shape) of feature f -> its parquet column: PNG structs for images, a scalar column for
+    shape [1], else nested fixed-size lists (what HF List/ArrayND read back)."""
+    if f["dtype"] == "image":
+        return pa.array([{"bytes": _encode_png(img), "path": None} for img in x],
+                        pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+    x = np.ascontiguousarray(x, dtype=f["dtype"])
+    arr = pa.array(x.reshape(-1))
+    for d in reversed(f["shape"] if f["shape"] != [1] else []):
         arr = pa.FixedSizeListArray.from_arrays(arr, d)
     return arr
 
@@ -107,49 +114,48 @@ def _encode_png(img):
     return buf.getvalue()
 
 
+def _ids(ids):
+    """Episode indices as a Python expression for episodes=...: list(range(a, b)) when they are consecutive."""
+    ids = sorted(ids)
+    if len(ids) > 3 and ids[-1] - ids[0] == len(ids) - 1:
+        return f"list(range({ids[0]}, {ids[-1] + 1}))"
+    return str(ids)
+
+
 def _frame_buffer(n, shape, key):
     """A uint8 (n, *shape) array for decoded frames: RAM when it fits in half of it, else a disk memmap."""
     nbytes = n * int(np.prod(shape))
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if nbytes < ram // 2:
+    if nbytes < os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2:
         return np.empty((n, *shape), dtype=np.uint8)
     path = Path(tempfile.mkdtemp(prefix="nanovla_frames_")) / f"{key}.u8"
-    print(f"{key}: {nbytes / 2**30:.1f} GiB of frames > half of RAM; caching them in a disk memmap at {path} "
-          f"(reads go through the OS page cache; put TMPDIR on a fast local disk)")
+    print(f"{key}: {nbytes / 2**30:.1f} GiB of frames > half of RAM; caching them in a memmap at {path} (TMPDIR)")
     return np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(n, *shape))
 
 
-def _decode_video_into(path, query_ts, dest_rows, out, tolerance_s):
+def _decode_video_into(path, query_ts, dest_rows, out, tolerance_s=TOLERANCE_S):
     """Decode `path` once, front to back, writing the frame at each query timestamp (seconds, sorted)
     into out[dest_rows]. A query with no decoded frame within tolerance_s is an error (lerobot's check)."""
-    if not Path(path).exists():
-        raise FileNotFoundError(f"video {path} is missing (the dataset's info.json lists this camera as 'video'). "
-                                f"Download the videos too, or pass camera_keys=[] to read only non-video features")
-    j, missed = 0, []
+    found = np.zeros(len(query_ts), bool)
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             for frame in container.decode(stream):
                 ts = float(frame.pts * stream.time_base)
-                while j < len(query_ts) and query_ts[j] < ts - tolerance_s:
-                    missed.append(query_ts[j])
-                    j += 1
-                if j < len(query_ts) and abs(query_ts[j] - ts) <= tolerance_s:
+                lo = np.searchsorted(query_ts, ts - tolerance_s)
+                hi = np.searchsorted(query_ts, ts + tolerance_s, "right")
+                if hi > lo:  # queries [lo, hi) want this frame
                     rgb = frame.to_ndarray(format="rgb24")  # (H, W, 3) uint8
                     if rgb.shape != out.shape[1:]:
                         raise ValueError(f"{path}: frames are {rgb.shape}, info.json says {out.shape[1:]}")
-                    while j < len(query_ts) and abs(query_ts[j] - ts) <= tolerance_s:
-                        out[dest_rows[j]] = rgb
-                        j += 1
-                if j == len(query_ts):
+                    out[dest_rows[lo:hi]], found[lo:hi] = rgb, True
+                if ts > query_ts[-1] + tolerance_s:
                     break
     except av.FFmpegError as e:
         raise ValueError(f"{path} is corrupt or unreadable by PyAV ({e}); re-download or re-encode it") from e
-    missed += list(query_ts[j:])
-    if missed:
-        raise ValueError(f"{path}: no frame within tolerance_s={tolerance_s} of timestamps {missed[:5]} "
-                         f"({len(missed)} in all); the video and the parquet timestamps disagree")
+    if not found.all():
+        raise ValueError(f"{path}: no frame within tolerance_s={tolerance_s} of timestamps {query_ts[~found][:5]} "
+                         f"({(~found).sum()} in all); the video and the parquet timestamps disagree")
 
 
 # -----------------------------------------------------------------------------
@@ -157,14 +163,14 @@ def _decode_video_into(path, query_ts, dest_rows, out, tolerance_s):
 
 
 def compute_stats(x, is_camera=False):
-    """Stats of one feature over frames x (N, *shape). Cameras: per-channel over [0,1] pixels, shape (3,1,1)."""
-    n = len(x)
-    if is_camera or np.ndim(x) == 4:  # (N, H, W, C) images/depth -> reduce over N, H, W; keep (C, 1, 1) like lerobot
-        x = x.reshape(-1, x.shape[-1]).astype(np.float64) / (255.0 if x.dtype == np.uint8 else 1.0)
-        stats = dict(min=x.min(0), max=x.max(0), mean=x.mean(0), std=x.std(0))
-        return {k: v.reshape(-1, 1, 1) for k, v in stats.items()} | {"count": np.array([n])}
-    x = np.asarray(x, dtype=np.float64).reshape(n, -1)
-    return {"min": x.min(0), "max": x.max(0), "mean": x.mean(0), "std": x.std(0), "count": np.array([n])}
+    """Stats of one feature over frames x (N, *shape). Cameras and depth (N, H, W, C): per channel, shape
+    (C, 1, 1), uint8 pixels scaled to [0, 1] (lerobot's convention)."""
+    x = np.asarray(x)
+    n, cam = len(x), is_camera or x.ndim == 4
+    scale = 255.0 if cam and x.dtype == np.uint8 else 1.0
+    x = (x.reshape(-1, x.shape[-1]) if cam else x.reshape(n, -1)).astype(np.float64) / scale  # reduce over N (,H,W)
+    stats = {"min": x.min(0), "max": x.max(0), "mean": x.mean(0), "std": x.std(0)}
+    return {k: v.reshape(-1, 1, 1) if cam else v for k, v in stats.items()} | {"count": np.array([n])}
 
 
 def aggregate_stats(stats_list):
@@ -173,11 +179,11 @@ def aggregate_stats(stats_list):
     for key in {k for s in stats_list for k in s}:
         parts = [s[key] for s in stats_list if key in s]
         n = np.array([float(np.asarray(p["count"]).sum()) for p in parts])
-        means = np.stack([np.asarray(p["mean"], dtype=np.float64) for p in parts])
-        w = (n / n.sum()).reshape(-1, *[1] * (means.ndim - 1))
-        mean = (w * means).sum(0)
-        var = (w * (np.stack([np.asarray(p["std"], dtype=np.float64) for p in parts]) ** 2 + (means - mean) ** 2)).sum(0)
-        out[key] = {"mean": mean, "std": np.sqrt(var), "count": np.array([int(n.sum())]),
+        mean_i, std_i = (np.stack([np.asarray(p[s], dtype=np.float64) for p in parts]) for s in ("mean", "std"))
+        w = (n / n.sum()).reshape(-1, *[1] * (mean_i.ndim - 1))
+        mean = (w * mean_i).sum(0)
+        out[key] = {"mean": mean, "std": np.sqrt((w * (std_i ** 2 + (mean_i - mean) ** 2)).sum(0)),
+                    "count": np.array([int(n.sum())]),
                     "min": np.min(np.stack([np.asarray(p["min"]) for p in parts]), 0),
                     "max": np.max(np.stack([np.asarray(p["max"]) for p in parts]), 0)}
     return out
@@ -196,98 +202,61 @@ class LeRobotDatasetMetadata:
         if not info_path.exists():
             raise FileNotFoundError(f"{info_path} is missing: {self.root} is not a LeRobot dataset "
                                     f"(expected meta/info.json, data/chunk-XXX/*.parquet); check the path")
-        self.info = json.loads(info_path.read_text())
+        self.info = _read_json(info_path)
         self.version = self.info.get("codebase_version")
         if self.version not in ("v2.0", "v2.1", "v3.0"):
             raise ValueError(f"{info_path}: codebase_version={self.version!r} is not supported (v2.0, v2.1, v3.0). "
                              f"Convert it with lerobot's conversion scripts to v3.0")
-        self.fps = self.info["fps"]
-        self.features = self.info["features"]
+        self.fps, self.features = self.info["fps"], self.info["features"]
         self.camera_keys = [k for k, f in self.features.items() if f["dtype"] in CAMERA_DTYPES]
         self.video_keys = [k for k in self.camera_keys if self.features[k]["dtype"] == "video"]
         self.image_keys = [k for k in self.camera_keys if self.features[k]["dtype"] == "image"]
         if self.version == "v3.0":
-            self._load_v30()
+            t = _read_parquet(self.root / "meta/tasks.parquet").to_pydict()
+            self.tasks = dict(zip(t["task_index"], t.get("task", t.get("__index_level_0__"))))  # pandas index = task
+            files = sorted((self.root / "meta/episodes").glob("*/*.parquet"))
+            if not files:
+                raise FileNotFoundError(f"{self.root}/meta/episodes/chunk-XXX/file-XXX.parquet is missing")
+            self.episodes = [r for f in files for r in _read_parquet(f).to_pylist()]
         else:
-            self._load_v2()
+            self.tasks = {t["task_index"]: t["task"] for t in _read_jsonl(self.root / "meta/tasks.jsonl")}
+            self.episodes = _read_jsonl(self.root / "meta/episodes.jsonl")
+        self.episodes.sort(key=lambda e: e["episode_index"])
         self.total_episodes, self.total_frames = len(self.episodes), sum(e["length"] for e in self.episodes)
-
-    def _load_v30(self):
-        t = _read_parquet(self.root / "meta/tasks.parquet").to_pydict()
-        names = t.get("task", t.get("__index_level_0__"))  # pandas writes the task string as the index
-        self.tasks = dict(zip(t["task_index"], names))
-        files = sorted((self.root / "meta/episodes").glob("*/*.parquet"))
-        if not files:
-            raise FileNotFoundError(f"{self.root}/meta/episodes/chunk-XXX/file-XXX.parquet is missing")
-        rows = [r for f in files for r in _read_parquet(f).to_pylist()]
-        self.episodes = sorted(rows, key=lambda e: e["episode_index"])
         stats_path = self.root / "meta/stats.json"
-        if stats_path.exists():
-            self.stats = {k: {s: np.asarray(v) for s, v in d.items()} for k, d in json.loads(stats_path.read_text()).items()}
-        else:  # fall back to the per-episode stats columns
-            per_ep = [{k: {} for k in self.features} for _ in self.episodes]
-            for e, ep in zip(per_ep, self.episodes):
-                for col, v in ep.items():
-                    if col.startswith("stats/"):
-                        key, stat = col[6:].rsplit("/", 1)
-                        e[key][stat] = v
-            self.stats = aggregate_stats([{k: d for k, d in e.items() if "mean" in d} for e in per_ep])
-
-    def _load_v2(self):
-        self.tasks = {t["task_index"]: t["task"] for t in _read_jsonl(self.root / "meta/tasks.jsonl")}
-        self.episodes = sorted(_read_jsonl(self.root / "meta/episodes.jsonl"), key=lambda e: e["episode_index"])
-        start = 0
-        for ep in self.episodes:  # v2 stores per-episode files; global indices are cumulative lengths
-            ep["dataset_from_index"], ep["dataset_to_index"] = start, start + ep["length"]
-            start += ep["length"]
-        if (self.root / "meta/episodes_stats.jsonl").exists():  # v2.1
+        if stats_path.exists() or self.version == "v3.0":
+            self.stats = {k: {s: np.asarray(v) for s, v in d.items()} for k, d in _read_json(stats_path).items()}
+        else:  # v2.1 keeps per-episode stats only
             self.stats = aggregate_stats([e["stats"] for e in _read_jsonl(self.root / "meta/episodes_stats.jsonl")])
-        else:  # v2.0
-            self.stats = {k: {s: np.asarray(v) for s, v in d.items()}
-                          for k, d in json.loads((self.root / "meta/stats.json").read_text()).items()}
 
-    def data_files(self, episodes):
-        """Parquet files holding these episodes, in order."""
-        if self.version == "v3.0":
-            keys = dict.fromkeys((e["data/chunk_index"], e["data/file_index"]) for e in episodes)
-            return [self.root / self.info["data_path"].format(chunk_index=c, file_index=f) for c, f in keys]
-        return [self.root / self.info["data_path"].format(
-            episode_chunk=e["episode_index"] // self.info["chunks_size"], episode_index=e["episode_index"]) for e in episodes]
-
-    def video_file(self, ep, key):
-        """(mp4 path, timestamp of the episode's first frame inside it)."""
-        if self.version == "v3.0":
-            return self.root / self.info["video_path"].format(
-                video_key=key, chunk_index=ep[f"videos/{key}/chunk_index"], file_index=ep[f"videos/{key}/file_index"]
-            ), ep[f"videos/{key}/from_timestamp"]
-        return self.root / self.info["video_path"].format(
-            episode_chunk=ep["episode_index"] // self.info["chunks_size"], video_key=key,
-            episode_index=ep["episode_index"]), 0.0
+    def episode_file(self, ep, key=None):
+        """Path of the parquet (key=None) or of camera `key`'s mp4 that holds episode ep."""
+        if self.version == "v3.0":  # many episodes per file, named in the episode's metadata
+            col = f"videos/{key}/" if key else "data/"
+            where = dict(chunk_index=ep[col + "chunk_index"], file_index=ep[col + "file_index"])
+        else:  # v2: one file per episode
+            i = ep["episode_index"]
+            where = dict(episode_chunk=i // self.info["chunks_size"], episode_index=i)
+        return self.root / self.info["video_path" if key else "data_path"].format(video_key=key, **where)
 
 
-def _resolve_root(repo_id_or_path, root):
-    """A local folder is used as is; a hub id ("user/name") is snapshot-downloaded (into root if given)."""
-    for cand in [root, repo_id_or_path]:
-        if cand is not None and (Path(cand) / "meta/info.json").exists():
-            return Path(cand)
-    if Path(repo_id_or_path).exists():
-        return Path(repo_id_or_path)  # a folder without info.json: LeRobotDatasetMetadata says what is missing
+def _resolve_root(repo_id_or_path):
+    """A local folder is used as is; a hub id ("user/name") is snapshot-downloaded into the hub cache."""
     name = str(repo_id_or_path)
-    if not re.fullmatch(r"[\w.-]+/[\w.-]+", name):
-        raise FileNotFoundError(f"{name} is neither a local folder nor a hub id like 'lerobot/pusht'")
-    if name.startswith((".", "~")) or Path(name).parent.is_dir():  # 'data/pusht' where ./data exists: a local path
-        raise FileNotFoundError(f"local dataset folder {name} does not exist (a hub id like 'lerobot/pusht' is only "
-                                f"tried when its first part is not a local folder): check the path")
+    if Path(name).expanduser().exists():
+        return Path(name).expanduser()  # a folder without info.json: LeRobotDatasetMetadata says what is missing
+    if name.startswith(("/", ".", "~")) or not re.fullmatch(r"[\w.-]+/[\w.-]+", name) or Path(name).parent.is_dir():
+        raise FileNotFoundError(f"local dataset folder {name} does not exist: check the path (a hub id like "
+                                f"'lerobot/pusht' is only tried when its first part is not a local folder)")
     import huggingface_hub
 
     try:
-        return Path(huggingface_hub.snapshot_download(str(repo_id_or_path), repo_type="dataset", local_dir=root))
+        return Path(huggingface_hub.snapshot_download(name, repo_type="dataset"))
     except Exception as e:  # offline, unknown repo, auth: all end the same way for the user
         raise RuntimeError(
-            f"no local folder {repo_id_or_path!r} exists, and it could not be downloaded as a dataset from the "
-            f"Hugging Face hub ({type(e).__name__}: {e}). "
-            f"If this machine is offline, download it elsewhere with `huggingface-cli download --repo-type dataset "
-            f"{repo_id_or_path} --local-dir DIR`, copy DIR here and pass LeRobotDataset('DIR')") from e
+            f"no local folder {name!r} exists, and it could not be downloaded as a dataset from the Hugging Face hub "
+            f"({type(e).__name__}: {e}). If this machine is offline, download it elsewhere with `huggingface-cli "
+            f"download --repo-type dataset {name} --local-dir DIR`, copy DIR here and pass 'DIR'") from e
 
 
 class LeRobotDataset(torch.utils.data.Dataset):
@@ -298,36 +267,35 @@ class LeRobotDataset(torch.utils.data.Dataset):
         frame:      i-1   i    i+1  i+2  i+3          (clamped to the episode, padded frames flagged)
         image        x    x                            -> (2, C, H, W), observation.image_is_pad (2,)
         action            x    x    x    x             -> (4, A),       action_is_pad (4,)
-    camera_keys limits which cameras are decoded (default all; [] reads only the numeric columns).
+    episodes: a subset of episode indices (default all). camera_keys limits which cameras are decoded
+    (default all; [] reads only the numeric columns); keys_arg is the argument that error hints name
+    (ManipulationDataset passes its image_keys here). Negative indices count from the end, like a list.
     """
 
-    def __init__(self, repo_id_or_path, root=None, delta_timestamps=None, episodes=None, image_transforms=None,
-                 video_backend="pyav", tolerance_s=TOLERANCE_S, camera_keys=None):
-        if video_backend != "pyav":
-            raise ValueError(f"video_backend={video_backend!r}: only 'pyav' is supported here")
-        self.root = _resolve_root(repo_id_or_path, root)
+    def __init__(self, repo_id_or_path, delta_timestamps=None, episodes=None, camera_keys=None, keys_arg="camera_keys"):
+        self.root = _resolve_root(repo_id_or_path)
         self.meta = meta = LeRobotDatasetMetadata(self.root)
-        self.fps, self.features, self.tolerance_s, self.image_transforms = meta.fps, meta.features, tolerance_s, image_transforms
+        self.fps, self.features, self.keys_arg = meta.fps, meta.features, keys_arg
         self.delta_indices = self._check_deltas(delta_timestamps or {})
-        eps = meta.episodes if episodes is None else [e for e in meta.episodes if e["episode_index"] in set(episodes)]
-        if episodes is not None and len(eps) != len(set(episodes)):
-            raise ValueError(f"episodes={sorted(episodes)}: only {[e['episode_index'] for e in eps]} exist in {self.root}")
-        self.episodes = eps
+        self.camera_keys = list(dict.fromkeys(meta.camera_keys if camera_keys is None else camera_keys))
+        unknown = [k for k in self.camera_keys if k not in meta.camera_keys]
+        if unknown:
+            raise KeyError(f"{keys_arg} {unknown} are not cameras of {self.root}; its cameras are {meta.camera_keys}")
+        all_ids = [e["episode_index"] for e in meta.episodes]
+        unknown = set(episodes or []) - set(all_ids)
+        if unknown:
+            raise ValueError(f"episodes {_ids(unknown)} are not in {self.root}, whose episodes are {_ids(all_ids)}")
+        self.episodes = eps = [e for e in meta.episodes if episodes is None or e["episode_index"] in set(episodes)]
         self.columns = self._load_columns(eps)  # {key: np.ndarray (N, ...)}
         ep_idx = self.columns["episode_index"]
         # per-row start/end (relative row indices) of the row's episode, for windows and padding
         bounds = np.flatnonzero(np.diff(ep_idx)) + 1
         starts, ends = np.r_[0, bounds], np.r_[bounds, len(ep_idx)]
-        run = np.repeat(np.arange(len(starts)), ends - starts)
-        self.ep_start, self.ep_end = starts[run], ends[run]
+        self.ep_start, self.ep_end = np.repeat(starts, ends - starts), np.repeat(ends, ends - starts)
         for e, s, n in zip(eps, starts, ends - starts):
             if n != e["length"] or ep_idx[s] != e["episode_index"]:
                 raise ValueError(f"{self.root}: episode {e['episode_index']} has {n} rows in data/ but its metadata "
                                  f"says length {e['length']}; the dataset is corrupt, re-download or re-record it")
-        self.camera_keys = meta.camera_keys if camera_keys is None else list(camera_keys)
-        unknown = set(self.camera_keys) - set(meta.camera_keys)
-        if unknown:
-            raise KeyError(f"camera_keys {sorted(unknown)} not in the dataset's cameras {meta.camera_keys}")
         self.frames, self.missing = {}, {}  # key -> uint8 (N,H,W,3); key -> error raised when that camera is used
         for key in self.camera_keys:
             try:
@@ -343,28 +311,40 @@ class LeRobotDataset(torch.utils.data.Dataset):
             if key not in self.features:
                 raise KeyError(f"delta_timestamps names {key!r} but the dataset has no such feature; "
                                f"it has {sorted(self.features)}")
-            bad = [d for d in deltas if abs(d * self.fps - round(d * self.fps)) / self.fps > self.tolerance_s]
+            bad = [d for d in deltas if abs(d * self.fps - round(d * self.fps)) / self.fps > TOLERANCE_S]
             if bad:
                 raise ValueError(f"delta_timestamps[{key!r}] = {bad} do not land on a frame at fps={self.fps} "
-                                 f"(tolerance {self.tolerance_s}s); use multiples of 1/{self.fps} s")
+                                 f"(tolerance {TOLERANCE_S}s); use multiples of 1/{self.fps} s")
             out[key] = np.array([round(d * self.fps) for d in deltas], dtype=np.int64)
         return out
 
+    def _check_files(self, eps, key=None):
+        """Raise if an episode's parquet (key=None) or mp4 is absent, naming the episodes that can be read."""
+        missing = {e["episode_index"]: p for e in eps if not (p := self.meta.episode_file(e, key)).exists()}
+        if not missing:
+            return
+        present = [e["episode_index"] for e in eps if e["episode_index"] not in missing]
+        hints = [f"pass episodes={_ids(present)} to read only those"] if present else []
+        if key:
+            hints.append(f"leave {key!r} out of {self.keys_arg} ({self.keys_arg}=[] reads only the numeric features)")
+        raise FileNotFoundError(
+            f"{next(iter(missing.values()))} is missing: the {f'{key!r} videos' if key else 'data files'} of episodes "
+            f"{_ids(missing)} are not in {self.root}" + (f"; episodes {_ids(present)} have theirs" if present else "")
+            + "; " + (", or ".join(hints) or "re-download the dataset"))
+
     def _load_columns(self, eps):
         numeric = [k for k, f in self.features.items() if f["dtype"] not in CAMERA_DTYPES]
-        keep = {e["episode_index"] for e in eps}
+        self._check_files(eps)
         tables = []
-        for path in self.meta.data_files(eps):
+        for path in dict.fromkeys(self.meta.episode_file(e) for e in eps):
             t = _read_parquet(path)
             missing = set(numeric) - set(t.column_names)
             if missing:
-                raise ValueError(f"{path} lacks columns {sorted(missing)} that meta/info.json lists; dataset is corrupt")
+                raise ValueError(f"{path} lacks columns {sorted(missing)} listed in meta/info.json; it is corrupt")
             tables.append(t.select(numeric + self.meta.image_keys))
-        table = pa.concat_tables(tables)
-        ep = table.column("episode_index").to_numpy()
-        rows = np.flatnonzero(np.isin(ep, list(keep)))
-        table = table.take(rows) if len(rows) != len(ep) else table
-        table = table.take(pa.array(np.argsort(table.column("index").to_numpy(), kind="stable")))
+        table = pa.concat_tables(tables)  # v3.0 files hold other episodes too: keep ours, in frame order
+        table = table.filter(pc.is_in(table["episode_index"], pa.array([e["episode_index"] for e in eps])))
+        table = table.sort_by("index")
         self._image_table = table.select(self.meta.image_keys)
         cols = {k: _arrow_to_numpy(table.column(k), self.features[k]["shape"]) for k in numeric}
         for k, x in cols.items():
@@ -379,8 +359,7 @@ class LeRobotDataset(torch.utils.data.Dataset):
         """Every frame of one camera, decoded once, into uint8 (N, H, W, 3)."""
         shape = tuple(self.features[key]["shape"])
         if self.features[key]["dtype"] == "image":  # PNG bytes inside the parquet
-            structs = self._image_table.column(key).combine_chunks()
-            blobs = structs.field("bytes").to_pylist()
+            blobs = self._image_table.column(key).combine_chunks().field("bytes").to_pylist()
             if any(b is None for b in blobs):
                 raise ValueError(f"{self.root}: image feature {key!r} has rows without embedded PNG bytes")
             out = _frame_buffer(len(blobs), shape, key)
@@ -388,22 +367,31 @@ class LeRobotDataset(torch.utils.data.Dataset):
                 for i, img in enumerate(pool.map(_decode_png, blobs, chunksize=256)):
                     out[i] = img
             return out
+        self._check_files(eps, key)
         out = _frame_buffer(len(self), shape, key)
-        ts, row, by_file = self.columns["timestamp"].astype(np.float64), 0, {}
-        for ep in eps:  # group episodes by mp4 so each file is decoded once, front to back
-            path, t0 = self.meta.video_file(ep, key)
-            q, dest = by_file.setdefault(path, ([], []))
-            q.extend(t0 + ts[row:row + ep["length"]])
+        ts, by_file = self.columns["timestamp"].astype(np.float64), {}
+        for ep, row in zip(eps, np.cumsum([0] + [e["length"] for e in eps]).tolist()):
+            # group episodes by mp4 so each file is decoded once, front to back
+            q, dest = by_file.setdefault(self.meta.episode_file(ep, key), ([], []))
+            q.extend(ep.get(f"videos/{key}/from_timestamp", 0.0) + ts[row:row + ep["length"]])
             dest.extend(range(row, row + ep["length"]))
-            row += ep["length"]
         for path, (q, dest) in by_file.items():
             order = np.argsort(q, kind="stable")
-            _decode_video_into(path, np.asarray(q)[order], np.asarray(dest)[order], out, self.tolerance_s)
+            _decode_video_into(path, np.asarray(q)[order], np.asarray(dest)[order], out)
         return out
+
+    def _index(self, idx):
+        """Indices (any shape) -> rows 0..N-1: negative ones count from the end, like a Python list."""
+        idx, n = np.asarray(idx), len(self)
+        bad = (idx < -n) | (idx >= n)
+        if bad.any():
+            raise IndexError(f"index {idx[bad].ravel()[:5].tolist()} is out of range for the {n} frames of "
+                             f"{self.root} (valid: {-n} to {n - 1})")
+        return idx % n
 
     def window(self, idx, offsets):
         """Rows idx+offsets clamped to each row's episode, and where they fell outside it.
-        idx (B,) int, offsets (T,) int -> rows (B, T), is_pad (B, T) bool."""
+        idx (B,) int rows (0..N-1), offsets (T,) int -> rows (B, T), is_pad (B, T) bool."""
         idx = np.asarray(idx)[..., None]
         q = idx + offsets
         start, end = self.ep_start[idx], self.ep_end[idx]
@@ -418,9 +406,9 @@ class LeRobotDataset(torch.utils.data.Dataset):
         return len(self.columns["index"])
 
     def __getitem__(self, i):
-        item = {}
-        for key in list(self.columns) + self.camera_keys:
-            arr = self.camera(key) if key in self.frames or key in self.missing else self.columns[key]
+        i, item = self._index(i), {}
+        for key in [*self.columns, *self.camera_keys]:
+            arr = self.camera(key) if key in self.camera_keys else self.columns[key]
             if key in self.delta_indices:
                 rows, pad = self.window(i, self.delta_indices[key])
                 x, item[f"{key}_is_pad"] = arr[rows], torch.from_numpy(pad)
@@ -429,7 +417,6 @@ class LeRobotDataset(torch.utils.data.Dataset):
             x = torch.from_numpy(np.array(x))
             if key in self.camera_keys:  # uint8 (..., H, W, C) -> float (..., C, H, W) in [0, 1], like lerobot
                 x = x.movedim(-1, -3).float() / 255.0
-                x = self.image_transforms(x) if self.image_transforms else x
             item[key] = x
         item["task"] = self.meta.tasks[int(self.columns["task_index"][i])]
         return item
@@ -451,9 +438,8 @@ class LeRobotDatasetWriter:
         w.save_episode(); ...; w.finalize()
     """
 
-    def __init__(self, root, fps, features, robot_type=None, use_videos=False, video_codec="libx264"):
-        self.root = Path(root)
-        self.fps, self.use_videos, self.video_codec = fps, use_videos, video_codec
+    def __init__(self, root, fps, features, robot_type=None, use_videos=False):
+        self.root, self.fps = Path(root), fps
         feats = {k: dict(v, shape=list(v["shape"])) for k, v in features.items() if k not in DEFAULT_FEATURES}
         for k, f in feats.items():
             if f["dtype"] in CAMERA_DTYPES:
@@ -461,7 +447,7 @@ class LeRobotDatasetWriter:
                 f.setdefault("names", ["height", "width", "channels"])
                 if use_videos and (f["shape"][0] % 2 or f["shape"][1] % 2):
                     raise ValueError(f"{k}: yuv420p video needs even height/width, got {f['shape']}; use_videos=False")
-                if use_videos:
+                elif use_videos:
                     f["info"] = {"video.height": f["shape"][0], "video.width": f["shape"][1], "video.codec": "h264",
                                  "video.pix_fmt": "yuv420p", "video.is_depth_map": False, "video.fps": fps,
                                  "video.channels": 3, "has_audio": False}
@@ -480,8 +466,7 @@ class LeRobotDatasetWriter:
                          "features": self.features}
             self.tasks, self.data_file = {}, (0, 0)
         self.video_keys = [k for k, f in self.features.items() if f["dtype"] == "video"]
-        self.image_keys = [k for k, f in self.features.items() if f["dtype"] == "image"]
-        self.data_writer, self.videos = None, {}  # open parquet writer; key -> [container, stream, frames, bytes]
+        self.data_writer, self.videos = None, {}  # open parquet writer; key -> open mp4 {container, stream, frames, bytes}
         self.video_file = dict.fromkeys(self.video_keys, self.data_file)
 
     def _resume(self):
@@ -533,29 +518,19 @@ class LeRobotDatasetWriter:
         for t in tasks:
             self.tasks.setdefault(t, len(self.tasks))
         cols = {k: np.stack([np.asarray(fr[k]) for fr, _ in self.buffer]) for k in self.features if k not in DEFAULT_FEATURES}
-        cols["timestamp"] = np.array([fr.get("timestamp", i / self.fps) for i, (fr, _) in enumerate(self.buffer)], np.float32)
-        cols["frame_index"] = np.arange(n)
-        cols["episode_index"] = np.full(n, ep_idx)
-        cols["index"] = np.arange(start, start + n)
-        cols["task_index"] = np.array([self.tasks[t] for _, t in self.buffer])
+        ts = [fr.get("timestamp", i / self.fps) for i, (fr, _) in enumerate(self.buffer)]
+        cols |= {"timestamp": np.array(ts, np.float32),
+                 "frame_index": np.arange(n), "episode_index": np.full(n, ep_idx), "index": np.arange(start, start + n),
+                 "task_index": np.array([self.tasks[t] for _, t in self.buffer])}
         ep = {"episode_index": ep_idx, "tasks": tasks, "length": n, "data/chunk_index": self.data_file[0],
               "data/file_index": self.data_file[1], "dataset_from_index": start, "dataset_to_index": start + n}
-        arrays = {}
-        for k, f in self.features.items():
-            x = cols[k]
-            if f["dtype"] == "image":
-                arrays[k] = pa.array([{"bytes": _encode_png(img), "path": None} for img in x],
-                                     pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
-            elif f["dtype"] != "video":
-                x = x.astype(f["dtype"]).reshape(n, *f["shape"])
-                arrays[k] = pa.array(x.reshape(n)) if f["shape"] == [1] else _numpy_to_arrow(x)
         for k in self.video_keys:
             ep.update(self._encode_video(k, cols[k]))
-        ep_stats = {k: compute_stats(x, self.features[k]["dtype"] in CAMERA_DTYPES) for k, x in cols.items()}
-        ep.update({f"stats/{k}/{s}": v.tolist() for k, d in ep_stats.items() for s, v in d.items()})
+        stats = {k: compute_stats(x, self.features[k]["dtype"] in CAMERA_DTYPES) for k, x in cols.items()}
+        ep.update({f"stats/{k}/{s}": v.tolist() for k, d in stats.items() for s, v in d.items()})
         ep["meta/episodes/chunk_index"], ep["meta/episodes/file_index"] = self.episode_file
-        self._write_data(pa.table(arrays))
-        self.stats_parts.append(ep_stats)
+        self._write_data(pa.table({k: _column(cols[k], f) for k, f in self.features.items() if f["dtype"] != "video"}))
+        self.stats_parts.append(stats)
         self.new_episodes.append(ep)
         self.info["total_episodes"] += 1
         self.info["total_frames"] += n
@@ -566,8 +541,7 @@ class LeRobotDatasetWriter:
         if self.data_writer is None:
             path.parent.mkdir(parents=True, exist_ok=True)
             hf = {"info": {"features": {k: _hf_feature(f) for k, f in self.features.items() if f["dtype"] != "video"}}}
-            schema = table.schema.with_metadata({"huggingface": json.dumps(hf)})
-            self.data_writer = pq.ParquetWriter(path, schema)
+            self.data_writer = pq.ParquetWriter(path, table.schema.with_metadata({"huggingface": json.dumps(hf)}))
         self.data_writer.write_table(table)  # one row group per episode, like lerobot
         if path.stat().st_size > DATA_FILE_MB * 2**20:
             self.data_writer.close()
@@ -575,36 +549,34 @@ class LeRobotDatasetWriter:
 
     def _encode_video(self, key, frames):
         """Append frames (n, H, W, 3) uint8 to the key's open mp4; returns the episode's video metadata."""
-        if key not in self.videos:
-            c, f = self.video_file[key]
+        (c, f), v = self.video_file[key], self.videos.get(key)
+        if v is None:
             path = self.root / VIDEO_PATH.format(video_key=key, chunk_index=c, file_index=f)
             path.parent.mkdir(parents=True, exist_ok=True)
             container = av.open(str(path), "w")
             # g=2: a keyframe every 2 frames keeps random access cheap for lerobot's seeking readers
-            stream = container.add_stream(self.video_codec, rate=self.fps, options={"g": "2", "crf": "18"})
+            stream = container.add_stream("libx264", rate=self.fps, options={"g": "2", "crf": "18"})
             stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-            self.videos[key] = [container, stream, 0, 0]
-        v = self.videos[key]
-        container, stream, t0 = v[0], v[1], v[2]
+            v = self.videos[key] = {"container": container, "stream": stream, "frames": 0, "bytes": 0}
+        t0 = v["frames"] / self.fps
         for img in frames:
             frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-            frame.pts, frame.time_base = v[2], Fraction(1, self.fps)
-            for packet in stream.encode(frame):
-                v[3] += packet.size
-                container.mux(packet)
-            v[2] += 1
-        meta = {f"videos/{key}/chunk_index": self.video_file[key][0], f"videos/{key}/file_index": self.video_file[key][1],
-                f"videos/{key}/from_timestamp": t0 / self.fps, f"videos/{key}/to_timestamp": v[2] / self.fps}
-        if v[3] > VIDEO_FILE_MB * 2**20:
+            frame.pts, frame.time_base = v["frames"], Fraction(1, self.fps)
+            for packet in v["stream"].encode(frame):
+                v["bytes"] += packet.size
+                v["container"].mux(packet)
+            v["frames"] += 1
+        if v["bytes"] > VIDEO_FILE_MB * 2**20:
             self._close_video(key)
-            self.video_file[key] = self._next(*self.video_file[key])
-        return meta
+            self.video_file[key] = self._next(c, f)
+        return {f"videos/{key}/chunk_index": c, f"videos/{key}/file_index": f,
+                f"videos/{key}/from_timestamp": t0, f"videos/{key}/to_timestamp": v["frames"] / self.fps}
 
     def _close_video(self, key):
-        container, stream = self.videos.pop(key)[:2]
-        for packet in stream.encode():  # flush the encoder's delayed frames
-            container.mux(packet)
-        container.close()
+        v = self.videos.pop(key)
+        for packet in v["stream"].encode():  # flush the encoder's delayed frames
+            v["container"].mux(packet)
+        v["container"].close()
 
     def finalize(self):
         """Close files and write meta/ (episodes, tasks, info, stats). The dataset is readable after this."""
@@ -620,17 +592,20 @@ class LeRobotDatasetWriter:
             path.parent.mkdir(parents=True, exist_ok=True)
             pq.write_table(pa.Table.from_pylist(self.new_episodes), path)
             self.new_episodes, self.episode_file = [], self._next(*self.episode_file)
-        names = list(self.tasks)
+        (self.root / "meta").mkdir(parents=True, exist_ok=True)
+        names = list(self.tasks)  # tasks.parquet as pandas writes it: the task string is the (unnamed) index
         pandas_meta = {"index_columns": ["__index_level_0__"], "column_indexes": [], "columns": [
-            {"name": "task_index", "field_name": "task_index", "pandas_type": "int64", "numpy_type": "int64", "metadata": None},
-            {"name": None, "field_name": "__index_level_0__", "pandas_type": "unicode", "numpy_type": "object", "metadata": None}],
-            "attributes": {}, "creator": {"library": "pyarrow", "version": pa.__version__}}
+            {"name": "task_index", "field_name": "task_index", "pandas_type": "int64", "numpy_type": "int64",
+             "metadata": None},
+            {"name": None, "field_name": "__index_level_0__", "pandas_type": "unicode", "numpy_type": "object",
+             "metadata": None}], "attributes": {}, "creator": {"library": "pyarrow", "version": pa.__version__}}
         tasks = pa.table({"task_index": pa.array([self.tasks[t] for t in names], pa.int64()), "__index_level_0__": names})
         pq.write_table(tasks.replace_schema_metadata({"pandas": json.dumps(pandas_meta)}), self.root / "meta/tasks.parquet")
         self.info["total_tasks"] = len(self.tasks)
         self.info["splits"] = {"train": f"0:{self.info['total_episodes']}"}
         _write_json(self.info, self.root / "meta/info.json")
-        _write_json({k: {s: np.asarray(v).tolist() for s, v in d.items()} for k, d in aggregate_stats(self.stats_parts).items()},
+        stats = aggregate_stats(self.stats_parts)
+        _write_json({k: {s: np.asarray(v).tolist() for s, v in d.items()} for k, d in stats.items()},
                     self.root / "meta/stats.json")
 
     def __enter__(self):
@@ -709,35 +684,35 @@ def shift_batch(images, pad, generator=None):
     key on exact pixel positions, yet the scene's geometry is unchanged. (..., 3, H, W) -> same shape."""
     shape, (H, W) = images.shape, images.shape[-2:]
     x = images.reshape(-1, *shape[-3:])
-    M = x.shape[0]
     padded = torch.nn.functional.pad(x.float() if x.dtype == torch.uint8 else x, (pad, pad, pad, pad), mode="replicate")
-    dy, dx = torch.randint(0, 2 * pad + 1, (2, M, 1), generator=generator).to(images.device)
-    rows, cols = torch.arange(H, device=images.device) + dy, torch.arange(W, device=images.device) + dx  # (M, H), (M, W)
-    out = padded[torch.arange(M, device=images.device)[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # (M, H, W, 3)
-    return out.permute(0, 3, 1, 2).to(images.dtype).reshape(shape)
-
+    dy, dx = torch.randint(0, 2 * pad + 1, (2, x.shape[0]), generator=generator).tolist()
+    out = torch.stack([p[:, i:i + H, j:j + W] for p, i, j in zip(padded, dy, dx)])  # slices: 4x faster than a gather
+    return out.to(images.dtype).reshape(shape)
 
 class ManipulationDataset(torch.utils.data.Dataset):
-    """LeRobot frames -> the model's batch convention (see contract). Sample i is frame i of the dataset:
+    """LeRobot frames -> the model's batch convention. Sample i is frame i of the dataset:
         observations at t-n_obs+1..t -> images (cams, 3, H, W) uint8, proprio (D,); with n_obs_steps > 1
                                         images (n_obs, cams, 3, H, W), proprio (n_obs, D)
         actions t .. t+chunk-1       -> action (chunk, A), action_is_pad (chunk,) True past the episode end
     The windows are lerobot's delta_timestamps ({key: [seconds relative to t]}), checked against the
     dataset's fps; steps before an episode's start repeat its first frame (as Diffusion Policy pads).
     instruction=None conditions every frame on its episode's own task text (meta/tasks).
-    Batches are gathered with numpy fancy indexing (get_batch), so use create_dataloader below."""
+    Batches are gathered with numpy fancy indexing (get_batch); augment them with augment_batch / shift_batch."""
 
     def __init__(self, lerobot_dataset_or_path, image_keys, state_key="observation.state", action_key="action",
-                 chunk_size=16, instruction=None, augment=False, depth_keys=None, episodes=None, n_obs_steps=1):
+                 chunk_size=16, instruction=None, depth_keys=None, episodes=None, n_obs_steps=1):
         ds = lerobot_dataset_or_path
         if not isinstance(ds, LeRobotDataset):
-            ds = LeRobotDataset(ds, episodes=episodes, camera_keys=list(image_keys))
-        for key in [action_key, state_key, *image_keys, *(depth_keys or [])]:
+            ds = LeRobotDataset(ds, episodes=episodes, camera_keys=image_keys, keys_arg="image_keys")
+        for key in [action_key, state_key, *(depth_keys or [])]:
             if key is not None and key not in ds.features:
-                hint = (" (pass the dataset's camera keys as image_keys)" if key in image_keys else "")
-                raise KeyError(f"{key!r} is not a feature of {ds.root}{hint}; it has {sorted(ds.features)}")
+                raise KeyError(f"{key!r} is not a feature of {ds.root}; it has {sorted(ds.features)}")
+        unknown = [k for k in image_keys if k not in ds.camera_keys]
+        if unknown:
+            raise KeyError(f"image_keys {unknown}: the cameras of {ds.root} are {ds.meta.camera_keys}, of which this "
+                           f"LeRobotDataset decoded {ds.camera_keys} (its camera_keys)")
         self.ds, self.image_keys, self.depth_keys = ds, list(image_keys), list(depth_keys or [])
-        self.state_key, self.action_key, self.instruction, self.augment = state_key, action_key, instruction, augment
+        self.state_key, self.action_key, self.instruction = state_key, action_key, instruction
         self.images = [ds.camera(k) for k in self.image_keys]  # raises now if a video is missing
         self.n_obs_steps = n_obs_steps
         obs_keys = [k for k in [*self.image_keys, state_key, *self.depth_keys] if k is not None]
@@ -758,20 +733,14 @@ class ManipulationDataset(torch.utils.data.Dataset):
         return [self.ds.meta.tasks[int(i)] for i in idx[np.argsort(-counts, kind="stable")]]
 
     def get_batch(self, idx):
-        """idx (B,) ints -> batch dict in the model convention."""
-        idx = np.asarray(idx)
-        ds = self.ds
+        """idx (B,) ints (negative ones count from the end) -> batch dict in the model convention."""
+        ds, idx = self.ds, self.ds._index(idx)
         obs, _ = ds.window(idx, self.obs_offsets)  # (B, n_obs) rows, clamped to the episode start
-        if self.n_obs_steps == 1:
-            obs = obs[:, 0]
+        obs = obs[:, 0] if self.n_obs_steps == 1 else obs
         batch = {}
-        if self.image_keys:  # (B, [n_obs,] N, H, W, 3) -> (B, [n_obs,] N, 3, H, W)
-            im = torch.from_numpy(np.stack([im[obs] for im in self.images], -4))
-            batch["images"] = im.movedim(-1, -3)
-            if self.augment:
-                batch["images"] = augment_batch(batch["images"])
-            else:
-                batch["images"] = batch["images"].contiguous()
+        if self.image_keys:
+            im = np.stack([im[obs] for im in self.images], -4)  # (B, [n_obs,] N, H, W, 3)
+            batch["images"] = torch.from_numpy(im).movedim(-1, -3).contiguous()  # (B, [n_obs,] N, 3, H, W)
         if self.depth_keys:
             d = np.stack([np.asarray(ds.columns[k][obs], np.float32) for k in self.depth_keys], -4)
             batch["depth"] = torch.from_numpy(d).movedim(-1, -3)
@@ -780,8 +749,7 @@ class ManipulationDataset(torch.utils.data.Dataset):
         rows, pad = ds.window(idx, self.offsets)
         batch["action"] = torch.from_numpy(ds.columns[self.action_key][rows].astype(np.float32))  # (B, chunk, A)
         batch["action_is_pad"] = torch.from_numpy(pad)
-        tasks = ds.columns["task_index"][idx]
-        batch["instruction"] = [self.instruction or ds.meta.tasks[int(t)] for t in tasks]
+        batch["instruction"] = [self.instruction or ds.meta.tasks[int(t)] for t in ds.columns["task_index"][idx]]
         return batch
 
     def __getitem__(self, i):
@@ -791,19 +759,16 @@ class ManipulationDataset(torch.utils.data.Dataset):
         return {k: v[0] for k, v in self.get_batch([i]).items()}
 
 
-def create_dataloader(dataset, batch_size, shuffle=True, num_workers=0, drop_last=True, seed=None, pin_memory=False):
-    """DataLoader that fetches whole batches at once (ManipulationDataset.get_batch: one numpy gather per key,
-    augmentation on the whole batch) instead of B __getitem__ calls + collate."""
+def create_dataloader(dataset, batch_size, shuffle=True, num_workers=0, drop_last=True, seed=None):
+    """DataLoader that asks ManipulationDataset for whole batches (get_batch: one numpy gather per key)
+    instead of B __getitem__ calls + collate."""
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
     base = torch.utils.data.RandomSampler(dataset, generator=gen) if shuffle else torch.utils.data.SequentialSampler(dataset)
-    kw = dict(num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0)
-    if not hasattr(dataset, "get_batch"):  # e.g. a plain LeRobotDataset: per-item path
-        return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=base, drop_last=drop_last, **kw)
-    sampler = torch.utils.data.BatchSampler(base, batch_size, drop_last)
-    return torch.utils.data.DataLoader(dataset, sampler=sampler, batch_size=None, **kw)
+    return torch.utils.data.DataLoader(dataset, sampler=torch.utils.data.BatchSampler(base, batch_size, drop_last),
+                                       batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0)
 
 
-def frame_to_model_input(frame, image_keys, state_key="observation.state", instruction=None, image_hw=None):
+def frame_to_model_input(frame, image_keys, state_key="observation.state", image_hw=None):
     """A live env frame {key: uint8 (H, W, 3) / float (D,)} -> one sample (no batch dim) like ManipulationDataset.
     image_hw = the model's (H, W): a camera frame of another size with the same aspect ratio is resized
     (bilinear, antialiased); another aspect ratio is an error naming both sizes (a different camera)."""
@@ -813,15 +778,12 @@ def frame_to_model_input(frame, image_keys, state_key="observation.state", instr
     out = {"images": resize_images(images, image_hw) if image_hw is not None else images}
     if state_key is not None:
         out["proprio"] = torch.as_tensor(np.asarray(frame[state_key], np.float32))
-    if instruction is not None:
-        out["instruction"] = instruction
     return out
 
 
 def resize_images(images, image_hw):
     """uint8 (..., 3, h, w) -> (..., 3, H, W) for image_hw = (H, W); identity when the size already matches."""
-    h, w = images.shape[-2:]
-    H, W = image_hw
+    (h, w), (H, W) = images.shape[-2:], image_hw
     if (h, w) == (H, W):
         return images
     if abs(h / w - H / W) > 0.02:
@@ -830,25 +792,3 @@ def resize_images(images, image_hw):
     x = torch.nn.functional.interpolate(images.flatten(0, -4).float(), size=(H, W), mode="bilinear",
                                         antialias=True, align_corners=False)
     return x.round().clamp(0, 255).to(torch.uint8).view(*images.shape[:-2], H, W)
-
-
-def add_batch_dim(sample):
-    """One sample -> a batch of 1 (tensors unsqueezed, strings wrapped in a list)."""
-    return {k: [v] if isinstance(v, str) else v.unsqueeze(0) for k, v in sample.items()}
-
-
-if __name__ == "__main__":
-    # record expert demonstrations: python data.py --task=pusht --episodes=200 --out=data/pusht
-    import argparse
-
-    p = argparse.ArgumentParser(description="Record simulator expert demonstrations as a LeRobot v3.0 dataset")
-    p.add_argument("--task", default="pusht")
-    p.add_argument("--episodes", type=int, default=200)
-    p.add_argument("--out", default="data/pusht")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num_workers", type=int, default=2)
-    p.add_argument("--video", type=lambda s: s.lower() in ("1", "true", "yes"), default=False)
-    args = p.parse_args()
-    import envs
-
-    envs.record_demonstrations(args.task, args.episodes, args.out, args.seed, args.num_workers, args.video)

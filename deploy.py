@@ -36,14 +36,14 @@ import data  # frame -> model input (no simulator: deploy.py runs on a robot com
 
 # -----------------------------------------------------------------------------
 # config (python deploy.py <export|run> --key=value)
-ckpt = ''  # export: checkpoint folder written by train_bc.py
+ckpt = ''  # export: checkpoint folder written by a train_*.py script (out_dir or its best/)
 out = ''  # export: output file ('' = <ckpt>/policy.pt or policy.pt2)
 format = 'torchscript'  # export: 'torchscript' (.pt, torch.jit.load) | 'export' (.pt2, torch.export.load)
 policy = ''  # run: a checkpoint folder (weights + JSON, run with this repo's model code), or an exported file
 trust_exported_code = False  # run: an exported .pt/.pt2 is a PROGRAM (TorchScript / pickle): loading one can run
 #                              arbitrary code. True runs it; only for files you exported yourself and kept safe
 robot = 'sim'  # run: 'sim' (the task's simulator) | 'ros2' (not available on this machine, see ROS2Robot)
-task = ''  # run: '' = the task stored in the exported file
+task = ''  # export/run: which task of a multi-task checkpoint ('' = its only task; run: the exported file's)
 instruction = ''  # run: must match the exported instruction ('' = the stored one)
 rate = 10.0  # control rate in Hz (PushT's simulator runs at 10 Hz); 0 = as fast as possible
 episodes = 1
@@ -88,11 +88,12 @@ class VLAPolicy:
     raise_on_nonfinite = True
 
     def __init__(self, model, instruction, n_action_steps, temporal_ensemble_coeff=None,
-                 image_keys=('observation.image',), state_key='observation.state'):
+                 image_keys=('observation.image',), state_key='observation.state', task_index=None):
         if temporal_ensemble_coeff is not None and n_action_steps != 1:
             raise ValueError("temporal ensembling predicts every step: use n_action_steps=1")
         self.model, self.instruction, self.n_action_steps = model, instruction, n_action_steps
         self.ensemble_coeff, self.image_keys, self.state_key = temporal_ensemble_coeff, list(image_keys), state_key
+        self.task_index = task_index  # which of a multi-task model's tasks (its statistics, head, action dims)
         cfg = getattr(model, 'config', None)
         self.n_obs_steps = getattr(cfg, 'n_obs_steps', 1)
         self.image_hw = cfg.image_hw if cfg is not None else None
@@ -125,6 +126,8 @@ class VLAPolicy:
     @torch.no_grad()
     def predict_chunk(self, images, proprio):
         batch = {'images': images.to(self.device), 'proprio': proprio.to(self.device), 'instruction': [self.instruction]}
+        if self.task_index is not None:
+            batch['task_index'] = self.task_index
         return self.model.predict_action(batch, instruction_cache=self.text)[0].float().cpu().numpy()
 
     def _chunk(self, obs):
@@ -152,20 +155,41 @@ class VLAPolicy:
         return action
 
 
-def load_policy(ckpt_dir, device='cpu', n_action_steps=0, temporal_ensemble_coeff=-1.0):
-    """A checkpoint folder -> (train_config dict, VLAPolicy). Loads weights, not code: model.safetensors and
-    JSON, with this repository's model code; train_config.json says which task, instruction and cameras."""
+def checkpoint_task(model, ckpt_dir, task=''):
+    """The entry of config.json's policy.tasks that `task` names (the only one when task is '') -> (index, dict
+    with task, instruction, image_keys, state_key). Every train_*.py script writes these entries."""
+    tasks = model.policy_info.get('tasks') or []
+    names = [t['task'] for t in tasks]
+    if not tasks:
+        raise ValueError(f"{ckpt_dir}/config.json has no policy.tasks (which task, instruction, cameras): "
+                         f"pass a folder written by a train_*.py script")
+    if not task and len(tasks) > 1:
+        raise ValueError(f"{ckpt_dir} is a multi-task policy ({', '.join(names)}): pass --task=<one of them>")
+    if task and task not in names:
+        raise ValueError(f"{ckpt_dir} was trained on {', '.join(names)}, not {task!r}: pass --task=<one of them>")
+    i = names.index(task) if task else 0
+    return i, tasks[i]
+
+
+def load_policy(ckpt_dir, device='cpu', n_action_steps=0, temporal_ensemble_coeff=-1.0, task=''):
+    """A checkpoint folder -> (settings dict, VLAPolicy). Loads weights, not code: model.safetensors and
+    config.json, with this repository's model code. config.json's `policy` says which tasks, instructions,
+    cameras and how many actions of a chunk to execute; `task` picks one of a multi-task checkpoint's tasks.
+    settings = the task's entry + n_action_steps + temporal_ensemble_coeff (as stored)."""
     from model import ManipulationVLA
-    cfg_path = os.path.join(ckpt_dir, 'train_config.json')
-    if not os.path.exists(cfg_path):
-        raise FileNotFoundError(f"{cfg_path} is missing: pass a folder written by train_bc.py / train_dagger.py")
-    with open(cfg_path) as f:
-        tc = json.load(f)
+    if not os.path.exists(os.path.join(ckpt_dir, 'config.json')):
+        raise FileNotFoundError(f"{ckpt_dir}/config.json is missing: pass a checkpoint folder written by a "
+                                f"train_*.py script (e.g. out/pusht or out/pusht/best)")
     model = ManipulationVLA.from_pretrained(ckpt_dir).to(device).eval()
-    coeff = tc.get('temporal_ensemble_coeff') if temporal_ensemble_coeff < 0 else temporal_ensemble_coeff
-    pol = VLAPolicy(model, tc['instruction'], n_action_steps or tc['n_action_steps'], coeff,
-                    image_keys=tc['image_keys'], state_key=tc.get('state_key', 'observation.state'))
-    return tc, pol
+    i, entry = checkpoint_task(model, ckpt_dir, task)
+    info = model.policy_info
+    settings = dict(entry, n_action_steps=n_action_steps or info['n_action_steps'],
+                    temporal_ensemble_coeff=info.get('temporal_ensemble_coeff') if temporal_ensemble_coeff < 0
+                    else temporal_ensemble_coeff)
+    pol = VLAPolicy(model, entry['instruction'], settings['n_action_steps'], settings['temporal_ensemble_coeff'],
+                    image_keys=entry['image_keys'], state_key=entry['state_key'],
+                    task_index=i if model.config.num_tasks > 1 else None)
+    return settings, pol
 
 
 # -----------------------------------------------------------------------------
@@ -173,37 +197,40 @@ def load_policy(ckpt_dir, device='cpu', n_action_steps=0, temporal_ensemble_coef
 
 
 class StepPolicy(torch.nn.Module):
-    """The per-step function of a ManipulationVLA with its instruction baked in:
-    (images, proprio) -> raw action chunk. Text features are buffers, computed once here."""
+    """The per-step function of a ManipulationVLA with its instruction (and, multi-task, its task) baked in:
+    (images, proprio) -> raw action chunk of the task's own action dims. Text features are buffers."""
 
-    def __init__(self, model, instruction):
+    def __init__(self, model, instruction, task_index=0):
         super().__init__()
-        self.model = model
+        self.model, self.task_index = model, task_index
+        self.action_dim = int(model.task_action_dim[task_index])
         with torch.no_grad():
             text = model.encode_instruction([instruction])
         self.register_buffer('text_embeds', text['text_embeds'].detach().clone())
         self.register_buffer('text_mask', text['text_mask'].detach().clone())
 
     def forward(self, images, proprio):
-        return self.model.act(images, proprio, self.text_embeds, self.text_mask)
+        ti = self.task_index if self.model.config.num_tasks > 1 else None
+        return self.model.act(images, proprio, self.text_embeds, self.text_mask, task_index=ti)[..., :self.action_dim]
 
 
-def example_inputs(model):
-    """Batch-1 inputs with the shapes the model was built for (uint8 images, float proprio)."""
+def example_inputs(model, state_dim=None):
+    """Batch-1 inputs with the shapes the model was built for (uint8 images, float proprio of the task's
+    state_dim: a multi-task model pads shorter states itself)."""
     c = model.config
     steps = (c.n_obs_steps,) if c.n_obs_steps > 1 else ()  # history: (1, n_obs, cams, 3, H, W), (1, n_obs, P)
     images = torch.randint(0, 256, (1, *steps, c.num_cameras, 3, *c.image_hw), dtype=torch.uint8)
-    return images, torch.rand(1, *steps, c.proprioception_dim) * 100
+    return images, torch.rand(1, *steps, state_dim or c.proprioception_dim) * 100
 
 
-def export_policy(model, instruction, path, metadata, fmt='torchscript'):
+def export_policy(model, instruction, path, metadata, fmt='torchscript', task_index=0):
     """Trace (TorchScript) or torch.export the model's step function and write it atomically."""
     if fmt not in ('torchscript', 'export'):
         raise ValueError(f"format must be 'torchscript' or 'export', got {fmt!r}")
     if model.config.use_depth:
         raise NotImplementedError("export of depth models is not implemented: the step function takes images + proprio")
-    step = StepPolicy(model.eval(), instruction).eval()
-    inputs = example_inputs(model)
+    step = StepPolicy(model.eval(), instruction, task_index).eval()
+    inputs = example_inputs(model, metadata.get('proprioception_dim'))
     extra = {META_FILE: json.dumps(metadata)}
     tmp = path + '.tmp'
     with torch.no_grad():
@@ -236,31 +263,33 @@ def load_exported(path):
 def export_main():
     """python deploy.py export --ckpt=DIR [--out=FILE] [--format=torchscript|export]"""
     from model import ManipulationVLA
-    tc_path = os.path.join(ckpt, 'train_config.json')
-    if not ckpt or not os.path.exists(tc_path):
-        raise SystemExit(f"--ckpt={ckpt!r} is not a checkpoint folder (no train_config.json): "
-                         f"pass the out_dir of train_bc.py, e.g. --ckpt=out/pusht")
-    tc = json.load(open(tc_path))
+    if not ckpt or not os.path.exists(os.path.join(ckpt, 'config.json')):
+        raise SystemExit(f"--ckpt={ckpt!r} is not a checkpoint folder (no config.json): "
+                         f"pass the out_dir of a train_*.py script, e.g. --ckpt=out/pusht")
     model = ManipulationVLA.from_pretrained(ckpt).eval()
+    try:
+        i, tc = checkpoint_task(model, ckpt, task)
+    except ValueError as e:
+        raise SystemExit(str(e)) from e
+    info = model.policy_info
     bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise SystemExit(f"refusing to export {ckpt}: non-finite (NaN/inf) values in {bad[:5]}"
                          f"{' ...' if len(bad) > 5 else ''}; the run diverged: export an earlier checkpoint (best/)")
     c = model.config
     meta = dict(task=tc['task'], instruction=tc['instruction'], image_keys=tc['image_keys'],
-                state_key=tc.get('state_key', 'observation.state'), action_dim=c.action_dim,
-                proprioception_dim=c.proprioception_dim,
+                state_key=tc['state_key'], action_dim=tc['action_dim'], proprioception_dim=tc['state_dim'],
                 image_size=c.image_size, image_hw=list(c.image_hw), n_obs_steps=c.n_obs_steps,
                 num_cameras=c.num_cameras, chunk_size=c.action_chunk_size,
-                n_action_steps=tc['n_action_steps'], temporal_ensemble_coeff=tc.get('temporal_ensemble_coeff'),
+                n_action_steps=info['n_action_steps'], temporal_ensemble_coeff=info.get('temporal_ensemble_coeff'),
                 action_head_type=c.action_head_type, source=os.path.abspath(ckpt))
     path = out or os.path.join(ckpt, 'policy.pt' if format == 'torchscript' else 'policy.pt2')
-    export_policy(model, tc['instruction'], path, meta, format)
+    export_policy(model, tc['instruction'], path, meta, format, task_index=i)
     module, _ = load_exported(path)  # check the file against the eager model before declaring success
-    inputs = example_inputs(model)
+    inputs = example_inputs(model, tc['state_dim'])
     torch.manual_seed(0)
     with torch.no_grad():
-        eager = StepPolicy(model, tc['instruction'])(*inputs)
+        eager = StepPolicy(model, tc['instruction'], i)(*inputs)
     torch.manual_seed(0)
     with torch.no_grad():
         exported = module(*inputs)
@@ -526,9 +555,12 @@ def load_runnable(path):
     """--policy -> (policy with the VLAPolicy interface, metadata dict). A checkpoint folder loads weights
     only; an exported file is code and needs --trust_exported_code=True."""
     if os.path.isdir(path):
-        tc, pol = load_policy(path, n_action_steps=n_action_steps, temporal_ensemble_coeff=temporal_ensemble_coeff)
-        c = pol.model.config
-        return pol, dict(task=tc['task'], instruction=tc['instruction'], action_dim=c.action_dim)
+        try:
+            tc, pol = load_policy(path, n_action_steps=n_action_steps, temporal_ensemble_coeff=temporal_ensemble_coeff,
+                                  task=task)
+        except ValueError as e:
+            raise SystemExit(str(e)) from e
+        return pol, tc
     if not os.path.exists(path):
         raise SystemExit(f"--policy={path} does not exist: pass a checkpoint folder (e.g. out/pusht)")
     if not trust_exported_code:

@@ -24,7 +24,7 @@ from deploy import VLAPolicy, load_policy  # noqa: F401  (the execution logic a 
 
 # -----------------------------------------------------------------------------
 # command-line config (python eval.py --key=value); unused when eval.py is imported
-ckpt = ''  # checkpoint folder written by a train_*.py script (model.safetensors + config.json + train_config.json)
+ckpt = ''  # checkpoint folder written by a train_*.py script (model.safetensors + config.json), or its best/
 policy = 'vla'  # 'vla' (the checkpoint) | 'expert' (the task's scripted/planning expert)
 task = ''  # '' = the checkpoint's task
 episodes = 100
@@ -137,8 +137,11 @@ if __name__ == '__main__':
     if policy == 'vla':
         if not ckpt:
             raise SystemExit("pass --ckpt=<folder written by train_bc.py> (or --policy=expert --task=pusht)")
-        train_config, pol = load_policy(ckpt, device, n_action_steps, temporal_ensemble_coeff)
-        task = task or train_config['task']
+        try:  # --task picks one task of a multi-task checkpoint
+            settings, pol = load_policy(ckpt, device, n_action_steps, temporal_ensemble_coeff, task)
+        except ValueError as e:
+            raise SystemExit(str(e)) from e
+        task = settings['task']
         out = out or os.path.join(ckpt, 'eval.json')
         video_dir = os.path.join(ckpt, 'videos')
     elif policy == 'expert':

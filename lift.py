@@ -49,7 +49,7 @@ import gymnasium as gym  # noqa: E402
 import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 
-import envs  # noqa: E402
+from tasks import TASKS, TEST_SEED, new_mujoco_renderer  # noqa: E402
 
 # robosuite logs advice at import (no private macro file, no robosuite_models, no mink IK) and an INFO line per
 # controller load: noise for us. A filter on its logger (set before the import) keeps errors only
@@ -57,12 +57,9 @@ logging.getLogger("robosuite_logs").addFilter(lambda record: record.levelno >= l
 import robosuite  # noqa: E402
 from robosuite.controllers import load_composite_controller_config, load_part_controller_config  # noqa: E402
 
-FPS = 20  # robosuite's control_freq: 25 physics steps of 2 ms per action
-SPEC = dict(env_id="robosuite/Lift-Panda", fps=FPS, max_steps=150, image_size=96,
-            instruction="pick up the red cube and lift it",
-            image_keys=["observation.images.agentview"], state_key="observation.state",
-            state_dim=5, action_dim=4, action_low=[-1.0] * 4, action_high=[1.0] * 4,
-            action_mode=("delta", "delta", "delta", "absolute"), rest_action=[0.0, 0.0, 0.0, -1.0])
+SPECS = {"lift": TASKS["lift"]}
+EXPERT_FLAGS = ()  # the expert options `python envs.py` takes for this task: none
+FPS = SPECS["lift"]["fps"]  # robosuite's control_freq: 25 physics steps of 2 ms per action
 STATE_NAMES = ["eef_x", "eef_y", "eef_z", "finger_left", "finger_right"]
 ACTION_NAMES = ["dx", "dy", "dz", "gripper"]
 CAMERA = "agentview"
@@ -187,7 +184,7 @@ class LiftEnv(gym.Env):
         own sim.render does not). Visual meshes only (robosuite puts the collision geoms in group 0). Shadows off
         (cheaper on a CPU rasterizer) and 2x supersampling for anti-aliasing: at 96 px the cube is ~4 px wide."""
         if (h, w) not in self._renderers:
-            r = envs.new_mujoco_renderer(self.sim.model._model, ss * h, ss * w)
+            r = new_mujoco_renderer(self.sim.model._model, ss * h, ss * w)
             opt = mujoco.MjvOption()
             opt.geomgroup[0] = 0  # collision geoms
             opt.sitegroup[:] = 0  # robosuite's marker sites
@@ -204,16 +201,19 @@ class LiftEnv(gym.Env):
         self._renderers = {}
 
 
-def make_env(spec=SPEC, obs_type=None):
-    """The task with its time limit; obs_type=None -> image + state (what the policy sees), 'state' -> no image."""
+def make_env(task, render_mode="rgb_array", obs_type=None):
+    """The task with its time limit; obs_type=None -> image + state (what the policy sees), 'state' -> no image.
+    render_mode: rgb_array is the only one."""
+    spec = SPECS[task]
     env = LiftEnv(obs_type=obs_type or "pixels_agent_pos", image_size=spec["image_size"])
     return gym.wrappers.TimeLimit(env, max_episode_steps=spec["max_steps"])
 
 
-def obs_to_frame(obs, spec=SPEC):
+def obs_to_frame(task, obs):
     """Observation dict -> frame with LeRobot keys: image uint8 (S, S, 3), state float32 (5,)."""
+    spec = SPECS[task]
     if not isinstance(obs, dict) or "pixels" not in obs:
-        raise ValueError("obs_to_frame needs the image observation; build the env with make_env(spec) "
+        raise ValueError("obs_to_frame needs the image observation; build the env with make_env(task) "
                          "(obs_type=None), not obs_type='state'")
     return {spec["image_keys"][0]: np.ascontiguousarray(obs["pixels"][CAMERA], dtype=np.uint8),
             spec["state_key"]: np.asarray(obs["agent_pos"], dtype=np.float32)}
@@ -270,8 +270,14 @@ class LiftExpert:
         return hover, OPEN, "reach"
 
 
-def make_expert(spec=SPEC, **kw):
+def make_expert(task, **kw):
+    """The state-machine expert; kw: LiftExpert's options."""
     return LiftExpert(**kw)
+
+
+def feature_names(task):
+    """(state names, action names, robot type) for the dataset's meta/info.json."""
+    return STATE_NAMES, ACTION_NAMES, "panda"
 
 
 # -----------------------------------------------------------------------------
@@ -281,24 +287,24 @@ def make_expert(spec=SPEC, **kw):
 _envs = {}  # (image size, render) -> env of this process, see run_expert_episode
 
 
-def run_expert_episode(spec, seed, render=True, expert_kw=None, env=None):
+def run_expert_episode(task, seed, expert_kw=None, render=True, env=None):
     """Roll the expert out on one seeded episode until success (the env terminates) or the time limit.
     -> dict(success, steps, actions (T, 4) float32, seconds, plan_seconds, and when render: images (T, S, S, 3)
-    uint8, states (T, 5) float32: the observation BEFORE each action). env: reuse one from make_env(spec,
+    uint8, states (T, 5) float32: the observation BEFORE each action). env: reuse one from make_env(task,
     obs_type=None if render else 'state'); by default one is kept per process (building one costs ~0.4 s, its
     renderer ~1 s more, about as much as an episode)."""
-    t0 = time.perf_counter()
+    t0, spec = time.perf_counter(), SPECS[task]
     if env is None:  # one env per process and observation type, reused across the episodes it runs
         key = (spec["image_size"], render)
         if key not in _envs:
-            _envs[key] = make_env(spec, obs_type=None if render else "state")
+            _envs[key] = make_env(task, obs_type=None if render else "state")
         env = _envs[key]
-    expert = LiftExpert(seed=seed, **(expert_kw or {}))
+    expert = make_expert(task, seed=seed, **(expert_kw or {}))
     obs, _ = env.reset(seed=seed)
     frames, actions, success = [], [], False
     for _ in range(spec["max_steps"]):
         if render:
-            frames.append(obs_to_frame(obs, spec))
+            frames.append(obs_to_frame(task, obs))
         actions.append(expert.get_action(env))
         obs, _, success, truncated, _ = env.step(actions[-1])
         if success or truncated:
@@ -311,11 +317,11 @@ def run_expert_episode(spec, seed, render=True, expert_kw=None, env=None):
     return ep
 
 
-def evaluate_expert(spec, num_episodes, seed=200_000, verbose=False, expert_kw=None):
+def evaluate_expert(task, num_episodes, seed=TEST_SEED, expert_kw=None, verbose=False):
     """Expert success rate, median episode length and cost per step, without rendering or writing anything."""
-    eps, env = [], make_env(spec, obs_type="state")
+    eps, env = [], make_env(task, obs_type="state")
     for k in range(seed, seed + num_episodes):
-        eps.append(run_expert_episode(spec, k, render=False, expert_kw=expert_kw, env=env))
+        eps.append(run_expert_episode(task, k, expert_kw, render=False, env=env))
         if verbose:
             print(f"seed {k}: success={eps[-1]['success']} steps={eps[-1]['steps']}")
     ok = [e for e in eps if e["success"]]
@@ -332,11 +338,11 @@ if __name__ == "__main__":
 
     p = argparse.ArgumentParser(description="Evaluate the scripted Lift expert (no rendering).")
     p.add_argument("--episodes", type=int, default=50)
-    p.add_argument("--seed", type=int, default=200_000)
+    p.add_argument("--seed", type=int, default=TEST_SEED)
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args()
     t0 = time.time()
-    m = evaluate_expert(SPEC, args.episodes, args.seed, verbose=args.verbose)
+    m = evaluate_expert("lift", args.episodes, args.seed, verbose=args.verbose)
     print(f"lift expert over seeds {args.seed}..{args.seed + args.episodes - 1}: success {m['success_rate']:.0%}, "
           f"median {m['median_steps']:.0f} steps, {m['seconds_per_step'] * 1e3:.1f} ms/step (sim + expert, "
           f"expert alone {m['expert_seconds_per_step'] * 1e3:.2f} ms), failed seeds {m['failed_seeds']}, "

@@ -40,7 +40,7 @@ from safetensors.torch import load_file, save_file
 from heads import (DiffusionActionHead, FlowMatchingActionHead, GaussianActionHead, MLPActionHead,
                    TransformerActionHead)
 
-FORMAT_VERSION = 1  # of config.json + model.safetensors; bump when the layout changes
+FORMAT_VERSION = 2  # of config.json + model.safetensors; bump when the layout changes (2: per-task statistics)
 HEAD_TYPES = ("mlp", "gaussian", "diffusion", "flow", "transformer")
 
 
@@ -60,6 +60,8 @@ class ManipulationVLAConfig:
     action_type: str = "continuous"  # 'continuous' (the only kind; discrete RT-2 style bins are not built)
     action_head_type: str = "mlp"  # 'mlp' | 'gaussian' | 'diffusion' | 'flow' | 'transformer'
     action_chunk_size: int = 16  # actions predicted per observation
+    num_tasks: int = 1  # tasks the policy serves (multi-task BC): each has its own normalization statistics
+    multi_head: bool = False  # one action head per task on the shared backbone (else one head for all)
     diffusion_steps: int = 100  # training chain length T
     diffusion_schedule: str = "cosine"  # 'cosine' | 'linear'
     freeze_vision: bool = False
@@ -93,8 +95,8 @@ class ManipulationVLAConfig:
         if self.use_lora and not self.freeze_llm:
             raise ValueError("use_lora=True trains low-rank adapters INSTEAD of the LM weights: set freeze_llm=True "
                              "as well (or use_lora=False to fine-tune all LM weights)")
-        if self.num_cameras < 1 or self.num_readout_tokens < 1 or self.n_obs_steps < 1:
-            raise ValueError("num_cameras, num_readout_tokens and n_obs_steps must be >= 1")
+        if min(self.num_cameras, self.num_readout_tokens, self.n_obs_steps, self.num_tasks) < 1:
+            raise ValueError("num_cameras, num_readout_tokens, n_obs_steps and num_tasks must be >= 1")
 
     @property
     def image_hw(self):
@@ -102,7 +104,7 @@ class ManipulationVLAConfig:
         return self.image_size, self.image_width or self.image_size
 
 
-DATASET_FIELDS = ("image_size", "image_width", "num_cameras", "proprioception_dim", "action_dim")  # set from the data
+DATASET_FIELDS = ("image_size", "image_width", "num_cameras", "proprioception_dim", "action_dim", "num_tasks")  # from the data
 
 
 def config_defaults():
@@ -292,14 +294,21 @@ class ManipulationVLA(nn.Module):
             self.proprio_mlp = nn.Sequential(nn.Linear(cfg.n_obs_steps * cfg.proprioception_dim, D), nn.GELU(),
                                              nn.Linear(D, D))
         self.readout = nn.Parameter(0.02 * torch.randn(cfg.num_readout_tokens, D))
-        self.head = self._build_head(D)
-        # normalization statistics (buffers: saved with the weights); identity until set
+        if cfg.multi_head:
+            self.heads = nn.ModuleList([self._build_head(D) for _ in range(cfg.num_tasks)])
+        else:
+            self.head = self._build_head(D)
+        # normalization statistics, one row per task (buffers: saved with the weights); identity until set.
+        # Tasks with fewer action/state dims are zero-padded to action_dim / proprioception_dim (Octo-style).
+        T, A, P = cfg.num_tasks, cfg.action_dim, cfg.proprioception_dim
         self.register_buffer("image_mean", torch.tensor(mean).view(3, 1, 1))
         self.register_buffer("image_std", torch.tensor(std).view(3, 1, 1))
-        self.register_buffer("action_min", -torch.ones(cfg.action_dim))
-        self.register_buffer("action_max", torch.ones(cfg.action_dim))
-        self.register_buffer("proprio_mean", torch.zeros(cfg.proprioception_dim))
-        self.register_buffer("proprio_std", torch.ones(cfg.proprioception_dim))
+        self.register_buffer("action_min", -torch.ones(T, A))
+        self.register_buffer("action_max", torch.ones(T, A))
+        self.register_buffer("proprio_mean", torch.zeros(T, P))
+        self.register_buffer("proprio_std", torch.ones(T, P))
+        self.register_buffer("task_action_dim", torch.full((T,), A))  # each task's own action dims (the rest is padding)
+        self.policy_info = {}  # tasks (instruction, cameras, state key), execution settings: saved in config.json
         self._apply_freezing_and_lora()
 
     def _build_head(self, D):
@@ -333,31 +342,59 @@ class ManipulationVLA(nn.Module):
             self.vision.requires_grad_(False)
 
     # ------------------------------------------------------------------------- normalization
-    def set_normalization_stats(self, stats):
-        """stats = {"observation.state": {"mean", "std", ...}, "action": {"min", "max", ...}} (meta/stats.json)."""
+    def set_normalization_stats(self, stats, task_index=0):
+        """stats = {"observation.state": {"mean", "std", ...}, "action": {"min", "max", ...}} (meta/stats.json)
+        of task task_index's dataset. A task with fewer dims keeps identity statistics on the padding."""
         a = stats["action"]
-        for name, value in (("action_min", a.get("min")), ("action_max", a.get("max"))):
-            self._set_buffer(name, as_tensor(value, f"action.{name[7:]}"))
+        lo, hi = as_tensor(a.get("min"), "action.min"), as_tensor(a.get("max"), "action.max")
+        self._set_row("action_min", task_index, lo)
+        self._set_row("action_max", task_index, hi)
+        self.task_action_dim[task_index] = lo.numel()
         if self.config.use_proprioception:
             s = stats["observation.state"]
-            self._set_buffer("proprio_mean", as_tensor(s.get("mean"), "observation.state.mean"))
-            self._set_buffer("proprio_std", as_tensor(s.get("std"), "observation.state.std"))
+            self._set_row("proprio_mean", task_index, as_tensor(s.get("mean"), "observation.state.mean"))
+            self._set_row("proprio_std", task_index, as_tensor(s.get("std"), "observation.state.std"))
 
-    def _set_buffer(self, name, value):
+    def _set_row(self, name, task_index, value):
         buf = getattr(self, name)
-        if value.shape != buf.shape:
-            raise ValueError(f"statistics for {name} have shape {tuple(value.shape)} but the model expects "
-                             f"{tuple(buf.shape)}: check action_dim / proprioception_dim against the dataset")
-        buf.copy_(value)
+        if value.dim() != 1 or value.numel() > buf.shape[1]:
+            raise ValueError(f"statistics for {name} have shape {tuple(value.shape)} but the model takes at most "
+                             f"{buf.shape[1]} dims: check action_dim / proprioception_dim against the dataset")
+        buf[task_index, :value.numel()] = value
 
-    def normalize_action(self, a):  # raw -> [-1, 1]
-        return 2 * (a - self.action_min) / (self.action_max - self.action_min).clamp(min=1e-6) - 1
+    @staticmethod
+    def _rows(buf, task_index, x):
+        """(num_tasks, ...) statistics -> each sample's task row, broadcastable against x (B, ..., X):
+        one row for an int task_index (task 0 when None), (B, 1, ..., X) for a (B,) tensor of them."""
+        rows = buf[torch.as_tensor(0 if task_index is None else task_index, device=buf.device).long()]
+        return rows.view(rows.shape[0], *([1] * (x.dim() - rows.dim())), *rows.shape[1:]) if rows.dim() > 1 else rows
 
-    def unnormalize_action(self, a):  # [-1, 1] -> raw
-        return (a + 1) / 2 * (self.action_max - self.action_min).clamp(min=1e-6) + self.action_min
+    @staticmethod
+    def _pad(x, n):
+        return F.pad(x, (0, n - x.shape[-1])) if x.shape[-1] < n else x
 
-    def normalize_proprio(self, p):
-        return (p - self.proprio_mean) / self.proprio_std.clamp(min=1e-6)
+    def normalize_action(self, a, task_index=None):  # raw (..., A') -> [-1, 1] (..., A)
+        a = self._pad(a, self.config.action_dim)
+        lo, hi = self._rows(self.action_min, task_index, a), self._rows(self.action_max, task_index, a)
+        return 2 * (a - lo) / (hi - lo).clamp(min=1e-6) - 1
+
+    def unnormalize_action(self, a, task_index=None):  # [-1, 1] (..., A) -> raw
+        lo, hi = self._rows(self.action_min, task_index, a), self._rows(self.action_max, task_index, a)
+        return (a + 1) / 2 * (hi - lo).clamp(min=1e-6) + lo
+
+    def normalize_proprio(self, p, task_index=None):  # raw (..., P') -> standardized, zero-padded to P
+        p = self._pad(p, self.config.proprioception_dim)
+        mean, std = self._rows(self.proprio_mean, task_index, p), self._rows(self.proprio_std, task_index, p)
+        return (p - mean) / std.clamp(min=1e-6)
+
+    def head_for(self, task_index=None):
+        """The action head of a task: the shared one, or with multi_head its own (one task per batch)."""
+        if not self.config.multi_head:
+            return self.head
+        idx = torch.as_tensor(0 if task_index is None else task_index).reshape(-1)
+        if (idx != idx[0]).any():
+            raise ValueError("multi_head=True: a batch must hold one task (give task_index as one int)")
+        return self.heads[int(idx[0])]
 
     # ------------------------------------------------------------------------- encoders + backbone
     def encode_instruction(self, instructions):
@@ -401,13 +438,13 @@ class ManipulationVLA(nn.Module):
             tokens.append(self.depth_proj(self.depth_encoder(d)).view(B, -1, self.readout.shape[-1]))
         return torch.cat(tokens, dim=1)
 
-    def features(self, images, proprio, text_embeds, text_mask, depth=None):
+    def features(self, images, proprio, text_embeds, text_mask, depth=None, task_index=None):
         """Observation + cached text -> conditioning tokens for the head: (B, K, D) readouts, or all
         (B, No, D) observation tokens for the transformer head. A pure function of tensors."""
         B = images.shape[0]
         obs = [self._image_tokens(images, depth)]
         if self.config.use_proprioception:
-            p = self.normalize_proprio(proprio.float())  # (B, P) or (B, n_obs, P): all steps in one token
+            p = self.normalize_proprio(proprio.float(), task_index)  # (B, P) or (B, n_obs, P): all steps in one token
             obs.append(self.proprio_mlp(p.reshape(B, -1)).unsqueeze(1))  # (B, 1, D)
         obs.append(self.readout.unsqueeze(0).expand(B, -1, -1))
         obs = torch.cat(obs, dim=1)  # (B, No, D)
@@ -445,31 +482,40 @@ class ManipulationVLA(nn.Module):
 
     # ------------------------------------------------------------------------- training / inference
     def forward(self, batch):
-        """Training: -> dict(loss=scalar tensor, **float logs). Steps with action_is_pad are ignored."""
-        instructions = list(batch["instruction"])
+        """Training: -> dict(loss=scalar tensor, **float logs). Steps with action_is_pad are ignored; with
+        several tasks, batch["task_index"] (an int or (B,)) picks each sample's statistics (and head)."""
+        instructions, ti = list(batch["instruction"]), batch.get("task_index")
         if len(set(instructions)) == 1:  # one task: encode its instruction once (see _llm_shared_prefix)
             instructions = instructions[:1]
         cache = self.encode_instruction(instructions)
         cond = self.features(batch["images"], batch.get("proprio"), cache["text_embeds"], cache["text_mask"],
-                             batch.get("depth"))
-        target = self.normalize_action(batch["action"].float())
+                             batch.get("depth"), ti)
+        target = self.normalize_action(batch["action"].float(), ti)
         mask = ~batch["action_is_pad"].bool() if "action_is_pad" in batch else None
-        out = self.head.compute_loss(cond, target, mask)
+        if batch["action"].shape[-1] < target.shape[-1] or self.config.num_tasks > 1:  # padded dims: no loss
+            real = torch.arange(target.shape[-1], device=target.device) < self._rows(
+                self.task_action_dim, ti, target[:, 0]).unsqueeze(-1)  # (A,) or (B, A)
+            mask = (mask if mask is not None else target.new_ones(target.shape[:2], dtype=torch.bool))
+            mask = mask[:, :, None] & (real[:, None] if real.dim() == 2 else real)  # (B, T, A)
+        out = self.head_for(ti).compute_loss(cond, target, mask)
         return {k: v if k == "loss" else float(v) for k, v in out.items()}
 
-    def act(self, images, proprio, text_embeds, text_mask, depth=None):
-        """Per-step inference as a pure tensor function (what deploy.py traces) -> RAW actions (B, T, A).
-        Normalized predictions are clipped to [-1, 1], the range of the demonstrations, first."""
-        cond = self.features(images, proprio, text_embeds, text_mask, depth)
-        return self.unnormalize_action(self.head(cond)["action"].clamp(-1, 1))
+    def act(self, images, proprio, text_embeds, text_mask, depth=None, task_index=None):
+        """Per-step inference as a pure tensor function (what deploy.py traces) -> RAW actions (B, T, A),
+        padded dims included. Normalized predictions are clipped to [-1, 1], the range of the demonstrations."""
+        cond = self.features(images, proprio, text_embeds, text_mask, depth, task_index)
+        return self.unnormalize_action(self.head_for(task_index)(cond)["action"].clamp(-1, 1), task_index)
 
     @torch.no_grad()
     def predict_action(self, batch, instruction_cache=None):
-        """batch (no action needed) -> RAW action chunk (B, T, A). Pass instruction_cache from
-        encode_instruction to skip re-tokenizing the same instruction every step."""
+        """batch (no action needed) -> RAW action chunk (B, T, A_task). Pass instruction_cache from
+        encode_instruction to skip re-tokenizing the same instruction every step; batch["task_index"] (an
+        int) picks the task, whose own action dims come back."""
         cache = instruction_cache or self.encode_instruction(batch["instruction"])
-        return self.act(batch["images"], batch.get("proprio"), cache["text_embeds"], cache["text_mask"],
-                        batch.get("depth"))
+        ti = batch.get("task_index")
+        a = self.act(batch["images"], batch.get("proprio"), cache["text_embeds"], cache["text_mask"],
+                     batch.get("depth"), ti)
+        return a[..., :int(self.task_action_dim[ti or 0])] if not torch.is_tensor(ti) else a
 
     # ------------------------------------------------------------------------- checkpoints
     def save_pretrained(self, out_dir):
@@ -492,8 +538,8 @@ class ManipulationVLA(nn.Module):
         os.replace(tmp, os.path.join(out_dir, "model.safetensors"))
         tmp = os.path.join(out_dir, "config.json.tmp")
         with open(tmp, "w") as f:
-            json.dump({"format_version": FORMAT_VERSION, "config": asdict(self.config), "hf": hf}, f, indent=2,
-                      default=str)
+            json.dump({"format_version": FORMAT_VERSION, "config": asdict(self.config), "hf": hf,
+                       "policy": self.policy_info}, f, indent=2, default=str)
         os.replace(tmp, os.path.join(out_dir, "config.json"))
 
     @classmethod
@@ -520,6 +566,7 @@ class ManipulationVLA(nn.Module):
             hf["tokenizer_dir"] = os.path.join(path, hf["tokenizer_dir"])
         model = cls(ManipulationVLAConfig(**meta["config"]), _saved=hf)
         model.load_state_dict_strict(read_safetensors(os.path.join(path, "model.safetensors")))
+        model.policy_info = meta.get("policy") or {}
         return model
 
     def load_state_dict_strict(self, state):

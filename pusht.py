@@ -1,6 +1,6 @@
 """
 PushT (Diffusion Policy, Chi et al. 2023) on gym-pusht: an exact copy of the simulator state and a
-push-planning expert that solves it with smooth bounded motions. envs.py builds the env and records demos.
+push-planning expert that solves it with smooth bounded motions, behind the task interface envs.py calls.
 
 A disc "agent" (radius 15 px) pushes a T-shaped block
 (mass 1) on a 512x512 table until the block covers > 95% of a T-shaped goal at pose (256, 256, pi/4).
@@ -28,20 +28,40 @@ import gymnasium as gym
 import numpy as np
 import shapely
 
+from tasks import TASKS, TEST_SEED
+
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # pygame / pkg_resources import noise
     import gym_pusht  # noqa: F401  (registers gym_pusht/PushT-v0)
 
-ENV_ID = "gym_pusht/PushT-v0"
+SPECS = {"pusht": TASKS["pusht"]}
+EXPERT_FLAGS = ("max_step",)  # the expert options `python envs.py` takes for this task
 
 
-def make_env(obs_type="pixels_agent_pos", render_mode="rgb_array", image_size=96, max_steps=300):
-    """gym-pusht's env. obs_type "pixels_agent_pos" = image + agent xy (what the policy sees); "state" is ~10x
-    faster (no rendering) and is what planning uses."""
+def make_env(task, render_mode="rgb_array", obs_type=None):
+    """gym-pusht's env. obs_type None = "pixels_agent_pos": image + agent xy (what the policy sees); "state" is
+    ~10x faster (no rendering) and is what planning uses."""
+    spec = SPECS[task]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # gymnasium's passive checker warns about the float64 obs spaces
-        return gym.make(ENV_ID, obs_type=obs_type, render_mode=render_mode, observation_width=image_size,
-                        observation_height=image_size, max_episode_steps=max_steps)
+        return gym.make(spec["env_id"], obs_type=obs_type or "pixels_agent_pos", render_mode=render_mode,
+                        observation_width=spec["image_size"], observation_height=spec["image_size"],
+                        max_episode_steps=spec["max_steps"])
+
+
+def obs_to_frame(task, obs):
+    """gym-pusht observation dict -> a frame with LeRobot keys: image uint8 (H, W, 3), state float32 (2,)."""
+    spec = SPECS[task]
+    if not isinstance(obs, dict) or "pixels" not in obs:
+        raise ValueError("obs_to_frame needs the pixels_agent_pos observation; build the env with make_env(task) "
+                         "(obs_type=None), not obs_type='state'")
+    return {spec["image_keys"][0]: np.ascontiguousarray(obs["pixels"], dtype=np.uint8),
+            spec["state_key"]: np.asarray(obs["agent_pos"], dtype=np.float32)}
+
+
+def feature_names(task):
+    """(state names, action names, robot type) for the dataset's meta/info.json."""
+    return ["x", "y"], ["x", "y"], None
 
 
 # -----------------------------------------------------------------------------
@@ -150,7 +170,7 @@ class _Sim:
     """State-only PushT without rendering or per-step coverage: ~50 us per env step instead of ~2 ms."""
 
     def __init__(self):
-        self.env = make_env(obs_type="state")
+        self.env = make_env("pusht", obs_type="state")
         self.env.reset(seed=0)
         self.u = self.env.unwrapped
 
@@ -439,3 +459,55 @@ class PushTExpert:
                 break
         cost = self._cost(poses[k], fine) + self.time_cost * (k + 1)
         return targets[: k + 1], states[: k + 1], cost
+
+
+def make_expert(task, **kw):
+    """The push-planning expert; kw: PushTExpert's options (seed, max_step, ...)."""
+    return PushTExpert(**kw)
+
+
+# -----------------------------------------------------------------------------
+# episodes and evaluation
+
+
+def run_expert_episode(task, seed, expert_kw=None, render=True):
+    """Roll out the expert on one seeded episode until success (the env terminates) or the time limit.
+    -> dict(success, steps, coverage, actions (T, 2) float32, max_delta, plan_seconds, decisions, and when
+    render: images uint8 (T, H, W, 3), states float32 (T, 2): the observation BEFORE each action)."""
+    spec = SPECS[task]
+    env = make_env(task, obs_type=None if render else "state")
+    expert = make_expert(task, seed=seed, **(expert_kw or {}))
+    obs, info = env.reset(seed=seed)
+    frames, actions, success, start = [], [], False, get_state(env)[:2]
+    for _ in range(spec["max_steps"]):
+        if render:
+            frames.append(obs_to_frame(task, obs))
+        actions.append(expert.get_action(env))
+        obs, _, success, truncated, info = env.step(actions[-1])
+        if success or truncated:  # success = terminated: coverage > 0.95 ends the episode
+            break
+    env.close()
+    moves = np.diff(np.vstack([start] + actions), axis=0)  # per-step target change, the first from the agent
+    ep = dict(seed=seed, success=bool(success), steps=len(actions), coverage=float(info.get("coverage", 0.0)),
+              actions=np.array(actions, dtype=np.float32), max_delta=float(np.linalg.norm(moves, axis=1).max()),
+              plan_seconds=expert.plan_time, decisions=expert.n_decisions)
+    if render:
+        ep["images"] = np.stack([f[spec["image_keys"][0]] for f in frames])
+        ep["states"] = np.stack([f[spec["state_key"]] for f in frames])
+    return ep
+
+
+def evaluate_expert(task, num_episodes, seed=TEST_SEED, expert_kw=None, verbose=False):
+    """Expert success rate etc. on seeded episodes without rendering or writing anything."""
+    eps = []
+    for s in range(seed, seed + num_episodes):
+        eps.append(run_expert_episode(task, s, expert_kw, render=False))
+        if verbose:
+            e = eps[-1]
+            print(f"seed {s}: success={e['success']} steps={e['steps']} coverage={e['coverage']:.3f}")
+    ok = [e for e in eps if e["success"]]
+    return dict(episodes=num_episodes, success_rate=len(ok) / num_episodes,
+                median_steps=float(np.median([e["steps"] for e in ok])) if ok else float("nan"),
+                seconds_per_decision=sum(e["plan_seconds"] for e in eps) / sum(e["decisions"] for e in eps),
+                max_action_delta=max(e["max_delta"] for e in eps),
+                failed_seeds=[e["seed"] for e in eps if not e["success"]])

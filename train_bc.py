@@ -12,7 +12,6 @@ checkpoints that eval.py and deploy.py load, and a final 100-episode evaluation.
 """
 import copy
 import json
-import math
 import os
 import shutil
 import time
@@ -81,7 +80,7 @@ globals().update({k: v for k, v in config_defaults().items() if k not in globals
 # -----------------------------------------------------------------------------
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 # -----------------------------------------------------------------------------
-import checkpoint  # noqa: E402
+import train_common  # noqa: E402
 import data  # noqa: E402  (after the configurator so --help-like errors are fast)
 import envs  # noqa: E402
 from eval import ManipulationEvaluator, VLAPolicy  # noqa: E402
@@ -99,19 +98,7 @@ if mixed_precision not in ('no', 'bf16', 'fp16'):
 task_spec = envs.TASKS[task]
 
 # distributed setup: torchrun sets RANK/WORLD_SIZE/LOCAL_RANK
-ddp = int(os.environ.get('RANK', -1)) != -1
-if device == 'auto':
-    device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
-if ddp:
-    from datetime import timedelta
-    backend = 'nccl' if device.startswith('cuda') else 'gloo'
-    dist.init_process_group(backend=backend, timeout=timedelta(hours=2))  # rank 0 may record data / evaluate
-    rank, world_size = dist.get_rank(), dist.get_world_size()
-    if device.startswith('cuda'):
-        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-        torch.cuda.set_device(device)
-else:
-    rank, world_size = 0, 1
+ddp, rank, world_size, device = train_common.init_distributed(device)
 master_process = rank == 0
 device_type = device.split(':')[0]
 torch.manual_seed(seed + rank)
@@ -211,6 +198,14 @@ else:
                                          action_dim=meta.features['action']['shape'][0])
     model = ManipulationVLA(model_config)
     model.set_normalization_stats(stats)
+if model_config.num_tasks != 1:
+    raise SystemExit(f"{init_from} is a multi-task policy ({model_config.num_tasks} tasks): fine-tune it with "
+                     f"train_multitask.py --init_from, train_bc.py trains one task")
+# what eval.py, deploy.py and DAgger need to run the policy, stored in config.json beside the weights
+model.policy_info = dict(tasks=[dict(task=task, instruction=eval_instruction, instructions=instructions,
+                                     image_keys=task_spec['image_keys'], state_key=task_spec['state_key'],
+                                     action_dim=model_config.action_dim, state_dim=model_config.proprioception_dim)],
+                         n_action_steps=n_action_steps, temporal_ensemble_coeff=temporal_ensemble_coeff)
 model.to(device)
 ema_model = None
 if ema_decay > 0:  # the EMA of weights is a cheap ensemble that evaluates better (Polyak averaging)
@@ -220,29 +215,14 @@ n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 print0(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
        f"{n_trainable / 1e6:.2f}M trainable, head={model_config.action_head_type}")
 
-# AdamW with weight decay on matrices only (biases and norms are not decayed)
-params = [p for p in model.parameters() if p.requires_grad]
-optimizer = torch.optim.AdamW([{'params': [p for p in params if p.dim() >= 2], 'weight_decay': weight_decay},
-                               {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0}],
-                              lr=learning_rate, betas=betas, fused=device_type == 'cuda')
+optimizer = train_common.adamw(model, learning_rate, weight_decay, betas, fused=device_type == 'cuda')
 scaler = torch.amp.GradScaler(device_type, enabled=mixed_precision == 'fp16' and device_type == 'cuda')
-
-
-def get_lr(it):
-    """Linear warmup then cosine decay to min_lr (nanoGPT)."""
-    decay_iters = lr_decay_iters or max_iters
-    if it < warmup_iters:
-        return learning_rate * (it + 1) / (warmup_iters + 1)
-    if it > decay_iters:
-        return min_lr
-    ratio = (it - warmup_iters) / max(1, decay_iters - warmup_iters)
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
 
 
 # -----------------------------------------------------------------------------
 # checkpoints: out_dir/{model.safetensors, config.json} is the EMA policy that eval/deploy load;
 # training_state.json + the training_state-<step>.safetensors it names (raw + EMA weights, optimizer, RNG)
-# are what --resume reads, written crash-consistently by checkpoint.py
+# are what --resume reads, written crash-consistently by train_common.py
 
 
 def save_training_state(it, best_success):
@@ -250,12 +230,12 @@ def save_training_state(it, best_success):
     tensors = {f'model.{k}': v for k, v in raw_model.state_dict().items()}
     if ema_model is not None:
         tensors.update({f'ema.{k}': v for k, v in ema_model.state_dict().items()})
-    optim, param_groups = checkpoint.optimizer_tensors(optimizer, 'optim')
+    optim, param_groups = train_common.optimizer_tensors(optimizer, 'optim')
     tensors.update(optim)
     tensors['rng.torch'] = torch.get_rng_state()
     if device_type == 'cuda':
         tensors['rng.cuda'] = torch.cuda.get_rng_state()
-    checkpoint.save_state(out_dir, 'training_state', it, tensors,
+    train_common.save_state(out_dir, 'training_state', it, tensors,
                           dict(best_success=best_success, param_groups=param_groups, scaler=scaler.state_dict(),
                                config=config))
     (ema_model or raw_model).save_pretrained(out_dir)
@@ -263,11 +243,11 @@ def save_training_state(it, best_success):
 
 def load_training_state():
     """Restore raw weights, EMA, optimizer and RNG from out_dir; return (iter_num, best_success)."""
-    meta, tensors = checkpoint.load_state(out_dir, 'training_state')
+    meta, tensors = train_common.load_state(out_dir, 'training_state')
     raw_model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith('model.')})
     if ema_model is not None:
         ema_model.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith('ema.')})
-    checkpoint.load_optimizer(optimizer, tensors, 'optim', meta['param_groups'], device)
+    train_common.load_optimizer(optimizer, tensors, 'optim', meta['param_groups'], device)
     scaler.load_state_dict(meta['scaler'])
     torch.set_rng_state(tensors['rng.torch'])
     if 'rng.cuda' in tensors and device_type == 'cuda':
@@ -282,12 +262,10 @@ if resume:
     iter_num, best_success = load_training_state()
     print0(f"resumed from {out_dir} at iteration {iter_num}")
     if master_process:
-        checkpoint.truncate_log(log_path, iter_num)
+        train_common.truncate_log(log_path, iter_num)
 if master_process:
-    checkpoint.write_json(os.path.join(out_dir, 'train_config.json'),
-               dict(config, instruction=eval_instruction, instructions=instructions, image_keys=task_spec['image_keys'],
-                    state_key=task_spec['state_key'],
-                    dataset_path=dataset_path, num_frames=len(train_set)))
+    train_common.write_json(os.path.join(out_dir, 'train_config.json'),  # the recipe (DAgger retrains with it)
+                          dict(config, dataset_path=dataset_path, num_frames=len(train_set)))
 if compile:
     model = torch.compile(model)
 train_model = DDP(model, device_ids=[int(device.split(':')[1])] if device_type == 'cuda' else None) if ddp else model
@@ -319,7 +297,7 @@ pbar = tqdm(range(iter_num, max_iters), initial=iter_num, total=max_iters, disab
             desc='train', dynamic_ncols=True)
 t_start, eval_seconds = time.time(), 0.0  # log 'time' is wall clock, 'train_time' leaves out the evaluations
 for it in pbar:
-    lr = get_lr(it)
+    lr = train_common.cosine_lr(it, learning_rate, min_lr, warmup_iters, lr_decay_iters or max_iters)
     for group in optimizer.param_groups:
         group['lr'] = lr
     train_model.train()
@@ -350,9 +328,7 @@ for it in pbar:
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
     if ema_model is not None:
-        with torch.no_grad():
-            ema_params, raw_params = list(ema_model.parameters()), list(raw_model.parameters())
-            torch._foreach_lerp_(ema_params, raw_params, 1.0 - ema_decay)
+        train_common.update_ema(ema_model, raw_model, ema_decay)
     pbar.set_postfix(loss=f'{loss_sum:.4f}', lr=f'{lr:.2e}')
     step = it + 1
     if step % log_interval == 0 or step == max_iters:
@@ -366,7 +342,7 @@ for it in pbar:
         pbar.write(f"iter {step}: validation success {m['success_rate']:.2f} over {eval_episodes} episodes")
         if m['success_rate'] > best_success:
             best_success = m['success_rate']
-            eval_model.save_pretrained(os.path.join(out_dir, 'best'))
+            eval_model.save_pretrained(os.path.join(out_dir, 'best'))  # + the recipe, for DAgger's --init_from:
             shutil.copyfile(os.path.join(out_dir, 'train_config.json'), os.path.join(out_dir, 'best', 'train_config.json'))
     if master_process and (step % ckpt_interval == 0 or step == max_iters):
         save_training_state(step, best_success)
@@ -388,7 +364,7 @@ if ddp:
 if master_process:
     if final_eval_episodes > 0:
         m = evaluate(final_eval_episodes, start_seed=envs.TEST_SEED, video_dir=os.path.join(out_dir, 'videos'))
-        checkpoint.write_json(os.path.join(out_dir, 'eval.json'), m)
+        train_common.write_json(os.path.join(out_dir, 'eval.json'), m)
         log(dict(iter=max_iters, test_success=m['success_rate'], test_max_reward=m['avg_max_reward'],
                  time=time.time() - t_start, train_time=train_seconds))
         summary = (f"success {m['success_rate']:.2f} over {final_eval_episodes} held-out episodes "

@@ -30,7 +30,7 @@ from tqdm import tqdm
 # -----------------------------------------------------------------------------
 # default config values
 task = 'pusht'
-init_from = 'out/pusht'  # BC checkpoint folder written by train_bc.py (its train_config.json names the dataset)
+init_from = 'out/pusht'  # BC checkpoint folder written by train_bc.py (its train_config.json: the recipe and dataset)
 out_dir = 'out/pusht_dagger'
 dagger_iters = 4  # rounds of roll out -> label -> aggregate -> retrain
 episodes_per_iter = 10  # learner rollouts labelled by the expert per round
@@ -48,7 +48,7 @@ _task_presets = False  # --task names the simulator; BC presets are in the init_
 # -----------------------------------------------------------------------------
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 # -----------------------------------------------------------------------------
-import checkpoint  # noqa: E402
+import train_common  # noqa: E402
 import data  # noqa: E402
 import envs  # noqa: E402
 from eval import load_policy  # noqa: E402
@@ -59,14 +59,15 @@ if not 0.0 <= beta <= 1.0 or not 0.0 <= beta_decay <= 1.0:
     raise SystemExit(f"beta={beta} and beta_decay={beta_decay} must be probabilities in [0, 1]")
 cfg_path = os.path.join(init_from, 'train_config.json')
 if not os.path.exists(cfg_path):
-    raise SystemExit(f"{cfg_path} not found: train a BC policy first (python train_bc.py --task={task}) "
-                     f"and pass its out_dir as --init_from")
+    raise SystemExit(f"{cfg_path} not found: DAgger retrains with a train_bc.py recipe, so --init_from takes a "
+                     f"checkpoint of train_bc.py, its best/, a DAgger round or train_gail.py --obs_mode=pixels "
+                     f"(train one first: python train_bc.py --task={task})")
 with open(cfg_path) as f:
     bc_config = json.load(f)
 if bc_config['task'] != task:
     raise SystemExit(f"--init_from={init_from} was trained on task {bc_config['task']!r}, not {task!r}")
 spec = envs.TASKS[task]
-instruction = bc_config['instruction']  # the text the BC policy was trained with labels the new frames too
+instruction = load_policy(init_from)[0]['instruction']  # the BC policy's text (config.json) labels the new frames too
 max_steps = max_steps or spec['max_steps']
 if rollout_seed + dagger_iters * episodes_per_iter > envs.VAL_SEED:
     raise SystemExit(f"rollout seeds must stay below envs.VAL_SEED={envs.VAL_SEED} (training seeds only)")
@@ -113,7 +114,7 @@ def train_round(i, dataset_path, prev_ckpt):
     -> its eval.json."""
     round_dir = os.path.join(out_dir, f'iter{i}')
     os.makedirs(round_dir, exist_ok=True)
-    derived = ('instructions', 'image_keys', 'state_key', 'dataset_path', 'num_frames')  # written by train_bc
+    derived = ('dataset_path', 'num_frames')  # facts about the BC run's data, not settings
     bc_file = os.path.join(round_dir, 'bc_config.py')
     with open(bc_file, 'w') as f:
         f.write(f"# the configuration of the BC run {init_from} (its train_config.json)\n")
@@ -180,7 +181,7 @@ for i in range(state['done'] + 1, dagger_iters):
     state['history'].append(dict(round=i, labels=labels, ckpt=round_dir, beta=beta_i, rollout_success=rollout_success,
                                  expert_fraction=float(np.mean([e['expert_fraction'] for e in eps])),
                                  test_success=test_success, test_max_reward=test_max_reward, minutes=(time.time() - t_start) / 60))
-    checkpoint.write_json(state_path, state)
+    train_common.write_json(state_path, state)
     print(f"round {i}: test success {test_success} over {eval_episodes} held-out episodes")
 
 print("\nlabels  test_success  test_max_reward  (round -1 = the BC policy we started from)")

@@ -21,6 +21,7 @@ a Gaussian head from images + agent position (much slower on a CPU).
 import json
 import math
 import os
+import shutil
 import time
 
 import numpy as np
@@ -62,7 +63,7 @@ _task_presets = False  # --task names the simulator; config/<task>.py holds BC p
 # -----------------------------------------------------------------------------
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 # -----------------------------------------------------------------------------
-import checkpoint  # noqa: E402
+import train_common  # noqa: E402
 import data  # noqa: E402
 import envs  # noqa: E402
 import pusht  # noqa: E402
@@ -366,25 +367,25 @@ def bc_pretrain(n_iters):
 # -----------------------------------------------------------------------------
 # checkpoints: networks + optimizers + RNG as gail_state-<round>-<id>.safetensors, the round and history in
 # gail_state.json,
-# committed crash-consistently by checkpoint.py
+# committed crash-consistently by train_common.py
 def save_checkpoint(it, history, carry_seed):
     tensors = {f'{name}.{k}': v for name, m in (('policy', policy), ('value', value_fn), ('disc', discriminator))
                for k, v in m.state_dict().items()}
     groups = {}
     for name, opt in (('opt_pi', opt_pi), ('opt_d', opt_d)):
-        optim, groups[name] = checkpoint.optimizer_tensors(opt, name)
+        optim, groups[name] = train_common.optimizer_tensors(opt, name)
         tensors.update(optim)
     tensors['rng.torch'] = torch.get_rng_state()
-    checkpoint.save_state(out_dir, 'gail_state', it, tensors,
+    train_common.save_state(out_dir, 'gail_state', it, tensors,
                           dict(iter=it, history=history, param_groups=groups, next_seed=carry_seed, config=config))
 
 
 def load_checkpoint():
-    meta, tensors = checkpoint.load_state(out_dir, 'gail_state')
+    meta, tensors = train_common.load_state(out_dir, 'gail_state')
     for name, m in (('policy', policy), ('value', value_fn), ('disc', discriminator)):
         m.load_state_dict({k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + '.')})
     for name, opt in (('opt_pi', opt_pi), ('opt_d', opt_d)):
-        checkpoint.load_optimizer(opt, tensors, name, meta['param_groups'][name])
+        train_common.load_optimizer(opt, tensors, name, meta['param_groups'][name])
     torch.set_rng_state(tensors['rng.torch'])
     return meta
 
@@ -457,3 +458,8 @@ if eval_episodes > 0:
     save_checkpoint(ppo_iters, history, carry[2] + 1)
     print(f"after GAIL: test success {s:.2f} over {eval_episodes} episodes, avg max reward {c:.3f}, "
           f"mean D reward {r:.3f}")
+if obs_mode == 'pixels':  # the improved VLA in the one checkpoint format: eval.py, deploy.py and DAgger read it
+    policy.vla.save_pretrained(out_dir)  # keeps the BC checkpoint's tasks / instruction / execution settings
+    if os.path.exists(os.path.join(init_from, 'train_config.json')):  # the BC recipe, for DAgger's retraining
+        shutil.copyfile(os.path.join(init_from, 'train_config.json'), os.path.join(out_dir, 'train_config.json'))
+    print(f"wrote the GAIL policy to {out_dir} (python eval.py --ckpt={out_dir})")

@@ -49,7 +49,7 @@ def write_synthetic(root, frames, use_videos, episode_len=125, seed=0):
 def bench_loader(root, args, augment, num_workers):
     """(first-load seconds, samples/s over --batches batches after one warmup batch)."""
     t0 = time.perf_counter()
-    ds = data.ManipulationDataset(root, image_keys=["observation.image"], chunk_size=args.chunk, augment=augment)
+    ds = data.ManipulationDataset(root, image_keys=["observation.image"], chunk_size=args.chunk)
     load_s = time.perf_counter() - t0
     loader = data.create_dataloader(ds, args.batch_size, shuffle=True, num_workers=num_workers, seed=0)
     it = iter(loader)
@@ -61,6 +61,8 @@ def bench_loader(root, args, augment, num_workers):
         except StopIteration:
             it = iter(loader)
             batch = next(it)
+        if augment:  # as train_bc.py does, on the batch
+            batch["images"] = data.augment_batch(batch["images"])
         n += len(batch["instruction"])
     return load_s, n / (time.perf_counter() - t0)
 

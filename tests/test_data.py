@@ -166,15 +166,16 @@ def test_episode_subset(png_root, episodes):
     ds = data.LeRobotDataset(png_root, episodes=[0, 2], delta_timestamps={"action": [0, 0.1]})
     assert len(ds) == 6 + 5 and set(ds.columns["episode_index"]) == {0, 2}
     assert ds[5]["action_is_pad"].tolist() == [False, True]  # last frame of ep 0 does not run into ep 2
-    with pytest.raises(ValueError, match="only"):
+    with pytest.raises(ValueError, match=r"episodes \[7\] are not in .*, whose episodes are \[0, 1, 2\]"):
         data.LeRobotDataset(png_root, episodes=[0, 7])
 
 
 # ----------------------------------------------------------------------------- v2.1 written by hand
 
 
-def write_v21(root, episodes):
-    """A v2.1 dataset the way lerobot <=0.3 wrote it: one parquet + one mp4 per episode, JSON-lines meta."""
+def write_v21(root, episodes, first=0):
+    """A v2.1 dataset the way lerobot <=0.3 wrote it: one parquet + one mp4 per episode, JSON-lines meta;
+    its episode indices start at `first`."""
     root = Path(root)
     feats = {k: dict(v, shape=list(v["shape"])) for k, v in FEATURES.items()} | data.DEFAULT_FEATURES
     feats["observation.cam2"] = {"dtype": "video", "shape": [H, W, 3], "names": ["height", "width", "channels"]}
@@ -186,7 +187,7 @@ def write_v21(root, episodes):
     (root / "meta/info.json").write_text(json.dumps(info))
     (root / "meta/tasks.jsonl").write_text("\n".join(json.dumps({"task_index": i, "task": t}) for i, t in enumerate(TASKS)))
     eps_lines, stats_lines, start = [], [], 0
-    for e, (frames, task) in enumerate(episodes):
+    for e, (frames, task) in enumerate(episodes, start=first):
         n = len(frames)
         imgs = [data._encode_png(f["observation.image"]) for f in frames]
         table = pa.table({
@@ -246,8 +247,10 @@ def test_so101_real_dataset():
     end = ds.meta.episodes[0]["dataset_to_index"]
     assert ds[end - 1]["action_is_pad"].tolist() == [False, True] and ds[end]["action_is_pad"].tolist() == [False, False]
     assert ds[0]["task"].startswith("Pick the orange cube") and ds[0]["action"].shape == (2, 6)
-    with pytest.raises(FileNotFoundError, match="mp4 is missing"):
+    with pytest.raises(FileNotFoundError, match="mp4 is missing") as e:
         data.ManipulationDataset(SO101, image_keys=["observation.images.top"])
+    assert "out of image_keys (image_keys=[] reads only the numeric features)" in str(e.value)
+    assert "camera_keys" not in str(e.value)
     m = data.ManipulationDataset(ds, image_keys=[], chunk_size=8)
     assert m[0]["action"].shape == (8, 6) and m[0]["proprio"].shape == (6,)
 
@@ -378,15 +381,15 @@ def test_augmentation_random_bounded_identity():
 
 
 def test_augmented_loader_and_frame_to_model_input(png_root, episodes):
-    m = data.ManipulationDataset(png_root, image_keys=["observation.image"], chunk_size=3, augment=True)
+    m = data.ManipulationDataset(png_root, image_keys=["observation.image"], chunk_size=3)
     b = next(iter(data.create_dataloader(m, batch_size=4, seed=1)))
-    assert b["images"].shape == (4, 1, 3, H, W) and b["images"].dtype == torch.uint8
+    for images in (data.augment_batch(b["images"]), data.shift_batch(b["images"], 2)):  # what train_bc does
+        assert images.shape == (4, 1, 3, H, W) and images.dtype == torch.uint8
     frame = episodes[0][0][0]
-    s = data.frame_to_model_input(frame, ["observation.image"], "observation.state", TASKS[0])
-    assert s["images"].shape == (1, 3, H, W) and s["images"].dtype == torch.uint8 and s["instruction"] == TASKS[0]
+    s = data.frame_to_model_input(frame, ["observation.image"], "observation.state")
+    assert s["images"].shape == (1, 3, H, W) and s["images"].dtype == torch.uint8
+    np.testing.assert_array_equal(s["images"][0].permute(1, 2, 0).numpy(), frame["observation.image"])
     torch.testing.assert_close(s["proprio"], torch.from_numpy(frame["observation.state"]))
-    batch = data.add_batch_dim(s)
-    assert batch["images"].shape == (1, 1, 3, H, W) and batch["instruction"] == [TASKS[0]]
 
 
 def test_depth_feature_round_trip(tmp_path, episodes):
@@ -402,3 +405,86 @@ def test_depth_feature_round_trip(tmp_path, episodes):
     np.testing.assert_allclose(ds.meta.stats["observation.depth"]["mean"], depth.mean().reshape(1, 1, 1), rtol=1e-6)
     s = data.ManipulationDataset(ds, ["observation.image"], depth_keys=["observation.depth"], chunk_size=2)[0]
     assert s["depth"].shape == (1, 1, H, W) and s["depth"].dtype == torch.float32
+
+
+# ----------------------------------------------------------------------------- errors met on real datasets
+
+
+def test_v21_missing_episode_files_name_the_readable_episodes(tmp_path, episodes):
+    root = write_v21(tmp_path / "v21", episodes, first=1)  # episode files start at 1, like some hub datasets
+    ds = data.LeRobotDataset(root)
+    assert len(ds) == sum(LENGTHS) and ds.columns["episode_index"][0] == 1 and ds[-1]["task"] == TASKS[0]
+    with pytest.raises(ValueError, match=r"episodes \[0\] are not in .*, whose episodes are \[1, 2, 3\]"):
+        data.LeRobotDataset(root, episodes=[0, 1])
+    (root / "data/chunk-000/episode_000001.parquet").unlink()
+    with pytest.raises(FileNotFoundError) as e:
+        data.LeRobotDataset(root)
+    msg = str(e.value)
+    assert msg.startswith(f"{root}/data/chunk-000/episode_000001.parquet is missing: the data files of episodes [1]")
+    assert msg.endswith("episodes [2, 3] have theirs; pass episodes=[2, 3] to read only those")
+    assert len(data.LeRobotDataset(root, episodes=[2, 3])) == LENGTHS[1] + LENGTHS[2]
+    (root / "videos/chunk-000/observation.cam2/episode_000002.mp4").unlink()  # a camera's video of one episode
+    ds = data.LeRobotDataset(root, episodes=[2, 3])  # numeric features and the other camera still load
+    with pytest.raises(FileNotFoundError) as e:
+        ds.camera("observation.cam2")
+    assert "the 'observation.cam2' videos of episodes [2]" in str(e.value)
+    assert str(e.value).endswith("; pass episodes=[3] to read only those, or leave 'observation.cam2' out of "
+                                 "camera_keys (camera_keys=[] reads only the numeric features)")
+    with pytest.raises(FileNotFoundError) as e:
+        data.ManipulationDataset(root, image_keys=["observation.cam2"], episodes=[2, 3])
+    assert "out of image_keys (image_keys=[] reads only the numeric features)" in str(e.value)
+    assert "camera_keys" not in str(e.value)
+    assert len(data.ManipulationDataset(root, image_keys=["observation.cam2"], episodes=[3])) == LENGTHS[2]
+
+
+def test_camera_hint_names_the_callers_argument(png_root):
+    with pytest.raises(KeyError, match=r"image_keys \['observation.images.top'\] are not cameras of .*; its "
+                                       r"cameras are \['observation.image'\]") as e:
+        data.ManipulationDataset(png_root, image_keys=["observation.images.top"])
+    assert "camera_keys" not in str(e.value)
+    with pytest.raises(KeyError, match=r"camera_keys \['observation.state'\] are not cameras"):
+        data.LeRobotDataset(png_root, camera_keys=["observation.state"])
+    numeric_only = data.LeRobotDataset(png_root, camera_keys=[])
+    with pytest.raises(KeyError, match=r"image_keys \['observation.image'\]: the cameras of .* are "
+                                       r"\['observation.image'\], of which this LeRobotDataset decoded \[\]"):
+        data.ManipulationDataset(numeric_only, image_keys=["observation.image"])
+    with pytest.raises(KeyError, match=r"'observation.velocity' is not a feature of"):
+        data.ManipulationDataset(png_root, image_keys=["observation.image"], state_key="observation.velocity")
+
+
+def test_negative_indices_wrap_like_a_list(png_root):
+    m = data.ManipulationDataset(png_root, image_keys=["observation.image"], chunk_size=4, n_obs_steps=2)
+    n = len(m)
+    for a, b in [(m[-1], m[n - 1]), (m[-n], m[0])]:
+        assert a["instruction"] == b["instruction"]
+        for k in ["images", "proprio", "action", "action_is_pad"]:
+            assert torch.equal(a[k], b[k]), k
+    assert m[-1]["action_is_pad"].tolist() == [False, True, True, True]  # the last frame: no future actions
+    b, ref = m.get_batch(np.array([-1, 0, -6])), m.get_batch([n - 1, 0, n - 6])
+    assert all(torch.equal(b[k], ref[k]) for k in ["images", "proprio", "action", "action_is_pad"])
+    for bad in ([n], [0, -n - 1]):
+        with pytest.raises(IndexError, match=rf"index \[{bad[-1]}\] is out of range for the {n} frames of .* "
+                                             rf"\(valid: -{n} to {n - 1}\)"):
+            m.get_batch(bad)
+    with pytest.raises(IndexError, match="out of range"):
+        m[n]
+    ds = m.ds
+    assert torch.equal(ds[-1]["action"], ds[n - 1]["action"]) and int(ds[-1]["index"]) == n - 1
+    with pytest.raises(IndexError, match="out of range"):
+        ds[-n - 1]
+    assert len(list(iter(ds))) == n  # the sequence protocol stops at the IndexError
+
+
+def test_missing_local_path_is_reported_before_the_hub(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    calls = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, **kw: calls.append(repo_id) or "x")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    for path in [tmp_path / "no_such_dataset", "data/pusht", "./pusht/v1", "~/no/such/dataset", "pusht"]:
+        with pytest.raises(FileNotFoundError, match=f"local dataset folder {path} does not exist: check the path"):
+            data.LeRobotDataset(path)
+    assert calls == []  # none of them reached the hub
+    with pytest.raises(FileNotFoundError, match="meta/info.json is missing"):
+        data.LeRobotDataset("data")  # an existing folder that is not a dataset

@@ -1,7 +1,6 @@
 """deploy.py: the exported file equals the eager model and needs no repo code; the shield never lets
 an out-of-bounds or too-fast command through; the control loop runs the simulator like eval.py does;
 the watchdog trips on stale observations; bad inputs fail with clear messages."""
-import json
 import os
 import subprocess
 import sys
@@ -39,11 +38,13 @@ def tiny_model(head="mlp", action_dim=2):
 
 
 def save_checkpoint(model, path):
-    """A folder like train_bc.py writes: weights + config + train_config.json."""
+    """A folder like train_bc.py writes: weights + config.json with the policy's task and execution settings."""
+    c = model.config
+    model.policy_info = dict(tasks=[dict(task="pusht", instruction=INSTRUCTION, image_keys=["observation.image"],
+                                         state_key="observation.state", action_dim=c.action_dim,
+                                         state_dim=c.proprioception_dim)],
+                             n_action_steps=2, temporal_ensemble_coeff=None)
     model.save_pretrained(str(path))
-    with open(os.path.join(path, "train_config.json"), "w") as f:
-        json.dump(dict(task="pusht", instruction=INSTRUCTION, n_action_steps=2, temporal_ensemble_coeff=None,
-                       image_keys=["observation.image"]), f)
     return str(path)
 
 

@@ -2,7 +2,6 @@
 a checkpoint folder runs with weights only; the shield fails closed (bounds, hold, timestamps, NaN actions,
 bounded log) and holds delta actions at zero; an e-stop stops each simulated robot; out-of-range config
 values, missing devices, corrupt files and NaN weights are refused with the fix."""
-import json
 import os
 import pickle
 import subprocess
@@ -32,10 +31,10 @@ def tiny_checkpoint(path, nan=False):
     if nan:
         with torch.no_grad():
             model.head.net[0].weight[0, 0] = float("nan")
+    model.policy_info = dict(tasks=[dict(task="pusht", instruction=INSTRUCTION, image_keys=["observation.image"],
+                                         state_key="observation.state", action_dim=2, state_dim=2)],
+                             n_action_steps=2, temporal_ensemble_coeff=None)
     model.save_pretrained(str(path))
-    with open(os.path.join(path, "train_config.json"), "w") as f:
-        json.dump(dict(task="pusht", instruction=INSTRUCTION, n_action_steps=2, temporal_ensemble_coeff=None,
-                       image_keys=["observation.image"], state_key="observation.state"), f)
     return str(path)
 
 

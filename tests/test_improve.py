@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+from conftest import check_checkpoint_runs  # noqa: E402
 
 
 def script_functions(script, names, **namespace):
@@ -158,6 +159,7 @@ def test_dagger_labels_learner_states_with_the_expert_and_resumes(bc_checkpoints
     state = json.load(open(os.path.join(out, 'dagger_state.json')))
     assert state['done'] == 1 and state['history'][-1]['labels'] > len(after)
     assert os.path.exists(os.path.join(out, 'iter1', 'model.safetensors'))
+    check_checkpoint_runs(os.path.join(out, 'iter1'))  # a DAgger round's checkpoint is the one format
 
 
 def test_gail_state_mode_runs_and_resumes(tmp_path):
@@ -186,6 +188,7 @@ def test_gail_pixel_mode_updates_the_vla_policy(bc_checkpoints, tmp_path):
     after = load_file(os.path.join(out, json.load(open(os.path.join(out, 'gail_state.json')))['tensors']))
     moved = [k for k in init if k.startswith('head.') and not torch.equal(init[k], after['policy.vla.' + k])]
     assert moved, "PPO did not change the Gaussian head's weights"
+    check_checkpoint_runs(out)  # GAIL writes the improved VLA in the one checkpoint format
     r = run('train_gail.py', ['--task=pusht', '--obs_mode=pixels', f'--init_from={ckpts["mlp"]}',
                               f'--out_dir={tmp_path / "x"}', '--expert_episodes=1'], check=False)
     assert r.returncode != 0 and 'gaussian' in (r.stdout + r.stderr)

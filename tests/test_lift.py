@@ -11,8 +11,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import lift  # noqa: E402  (sets MUJOCO_GL=egl before mujoco / robosuite are imported)
 
-SPEC = lift.SPEC
-TEST_SEED = 200_000  # envs.TEST_SEED
+from tasks import TEST_SEED  # noqa: E402
+
+TASK = "lift"
+SPEC = lift.SPECS[TASK]
 
 
 def red_pixels(img):
@@ -23,10 +25,10 @@ def red_pixels(img):
 
 def test_env_resets_steps_and_renders_headless():
     assert os.environ["MUJOCO_GL"] == "egl"
-    env = lift.make_env(SPEC)
+    env = lift.make_env(TASK)
     obs, info = env.reset(seed=0)
     assert not info["is_success"]
-    frame = lift.obs_to_frame(obs, SPEC)
+    frame = lift.obs_to_frame(TASK, obs)
     img, state = frame[SPEC["image_keys"][0]], frame[SPEC["state_key"]]
     assert img.dtype == np.uint8 and img.shape == (96, 96, 3) and img.std() > 20
     assert state.dtype == np.float32 and state.shape == (SPEC["state_dim"],)
@@ -45,12 +47,12 @@ def test_env_resets_steps_and_renders_headless():
     assert obs["agent_pos"][2] > state[2] + 0.003
     assert env.render().shape == (240, 320, 3)
     with pytest.raises(ValueError, match="obs_type"):
-        lift.obs_to_frame(np.zeros(5), SPEC)
+        lift.obs_to_frame(TASK, np.zeros(5))
     env.close()
 
 
 def test_seeds_place_the_cube_reproducibly():
-    env = lift.make_env(SPEC, obs_type="state")
+    env = lift.make_env(TASK, obs_type="state")
     np.random.seed(123)
     expected = np.random.RandomState(123).rand(3)
     poses = []
@@ -63,14 +65,14 @@ def test_seeds_place_the_cube_reproducibly():
     assert np.abs(poses[0][:2]).max() <= 0.031  # robosuite's placement box: +-3 cm around the table center
     np.testing.assert_array_equal(np.random.rand(3), expected)  # the global numpy RNG was left alone
     # a reused env replays a seed exactly (what evaluation and recording rely on)
-    first = lift.run_expert_episode(SPEC, 7, render=False, env=env)
-    again = lift.run_expert_episode(SPEC, 7, render=False, env=env)
+    first = lift.run_expert_episode(TASK, 7, render=False, env=env)
+    again = lift.run_expert_episode(TASK, 7, render=False, env=env)
     np.testing.assert_array_equal(first["actions"], again["actions"])
 
 
 @pytest.mark.parametrize("seed", [TEST_SEED, TEST_SEED + 1, TEST_SEED + 2])
 def test_expert_succeeds(seed):
-    ep = lift.run_expert_episode(SPEC, seed, render=False)
+    ep = lift.run_expert_episode(TASK, seed, render=False)
     assert ep["success"], f"the expert failed seed {seed}"
     assert ep["steps"] < SPEC["max_steps"] and ep["actions"].shape == (ep["steps"], SPEC["action_dim"])
     assert ep["actions"].dtype == np.float32 and np.abs(ep["actions"]).max() <= 1.0
@@ -82,7 +84,7 @@ def test_expert_corrects_off_path(knock):
     """What DAgger and eval.py --policy=expert need: the expert reads the current state, so it recovers after
     10 random actions halfway down to the cube, and after the gripper was closed on nothing (the learner grabbed
     too early) beside the cube, where it must open, rise, come back over the cube and grasp again."""
-    env = lift.make_env(SPEC, obs_type="state")
+    env = lift.make_env(TASK, obs_type="state")
     expert = lift.LiftExpert()
     env.reset(seed=TEST_SEED + 3)
     u, rng, success = env.unwrapped, np.random.default_rng(0), False
@@ -108,7 +110,7 @@ def test_record_demonstrations_roundtrip(tmp_path):
     import envs
 
     out = tmp_path / "lift"
-    summary = envs.record_demonstrations("lift", 1, out, seed=0)
+    summary = envs.record_demonstrations(TASK, 1, out, seed=0)
     assert summary["episodes"] == 1 and summary["frames"] == summary["median_steps"]
     ds = data.LeRobotDataset(out)
     assert len(ds) == summary["frames"] and ds.meta.fps == SPEC["fps"] == 20
@@ -121,9 +123,3 @@ def test_record_demonstrations_roundtrip(tmp_path):
     first = ds[0]
     assert first["action"][3] == -1.0 and first["observation.state"][2] > 0.95  # starts high, gripper opening
 
-
-def test_envs_task_entry_matches_spec():
-    """envs.TASKS["lift"] (a literal there, so that importing envs does not import robosuite) must equal SPEC."""
-    import envs
-
-    assert envs.TASKS["lift"] == SPEC

@@ -13,6 +13,7 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 import envs  # noqa: E402
+from conftest import check_checkpoint_runs  # noqa: E402
 from heads import MLPActionHead, masked_mean  # noqa: E402
 
 TINY = ['--batch_size=16', '--warmup_iters=2', '--log_interval=1', '--ckpt_interval=10', '--action_chunk_size=8',
@@ -75,6 +76,7 @@ def test_tiny_three_task_run_samples_resumes_and_evaluates(demos, tmp_path):
     assert set(results) == {'lift', 'pusht', 'aloha_transfer_cube'}
     assert all(r['n_episodes'] == 1 for r in results.values())
     assert 0 <= results['aloha_transfer_cube']['avg_max_reward'] <= 4
+    check_checkpoint_runs(out, task='lift')  # the multi-task checkpoint, one of its tasks (4 of 14 action dims)
 
 
 def test_curriculum_admits_tasks_in_order_with_a_head_per_task(demos, tmp_path):
@@ -82,8 +84,8 @@ def test_curriculum_admits_tasks_in_order_with_a_head_per_task(demos, tmp_path):
     out = str(tmp_path / 'cur')
     run([f'--datasets={demos}', f'--out_dir={out}', '--curriculum=True', '--curriculum_interval=10',
          '--max_iters=30', '--eval_episodes=0', '--multi_head=True'] + TINY)
-    weights = load_file(os.path.join(out, json.load(open(os.path.join(out, 'multitask.json')))['tensors']))
-    assert any(k.startswith('ema.heads.2.') for k in weights) and not any(k.startswith('ema.vla.head.') for k in weights)
+    weights = load_file(os.path.join(out, json.load(open(os.path.join(out, 'training_state.json')))['tensors']))
+    assert any(k.startswith('ema.heads.2.') for k in weights) and not any(k.startswith('ema.head.') for k in weights)
     records = {r['iter']: r for r in log(out)}
     assert records[10]['active_tasks'] == 1 and records[10]['samples_seen']['lift'] == 10 * 16
     assert records[20]['active_tasks'] == 2 and records[20]['samples_seen']['aloha_transfer_cube'] == 0
@@ -124,8 +126,7 @@ def test_instruction_conditions_the_policy(tmp_path):
     """Two 'tasks' with the same observations (same seeds, same simulator) and different instructions: the
     trained model's actions differ by instruction at the very same frame, and driving the real PushT
     simulator with each instruction brings the pusher to that instruction's goal, on seeds it never saw."""
-    from model import ManipulationVLA, ManipulationVLAConfig
-    from safetensors.torch import load_file
+    from model import ManipulationVLA
     from eval import VLAPolicy
     paths = []
     for k, (instruction, goal) in enumerate(GOALS.items()):
@@ -134,27 +135,17 @@ def test_instruction_conditions_the_policy(tmp_path):
     out = str(tmp_path / 'cond')
     run(['--tasks=["pusht", "pusht"]', f'--datasets={paths}', f'--instructions={list(GOALS)}', f'--out_dir={out}',
          '--max_iters=150', '--eval_episodes=0', '--augment=False', '--learning_rate=1e-3', '--ema_decay=0.0'] + TINY)
-    # rebuild the policy from the checkpoint files (safetensors + JSON)
-    meta = json.load(open(os.path.join(out, 'multitask.json')))
-    model = ManipulationVLA(ManipulationVLAConfig(**meta['model_config']))
-    weights = load_file(os.path.join(out, meta['tensors']))
-    model.load_state_dict({k[len('ema.vla.'):]: v for k, v in weights.items() if k.startswith('ema.vla.')})
-    model.eval()
+    model = ManipulationVLA.from_pretrained(out).eval()  # the one checkpoint format: weights + config.json
     env = envs.make_env('pusht')
     hits, first_actions = {}, []
     for k, (instruction, goal) in enumerate(GOALS.items()):
-        task = meta['tasks'][k]
-        assert task['instruction'] == instruction
-        lo, hi = np.array(task['action_min']), np.array(task['action_max'])
-        mean, std = np.array(task['state_mean']), np.maximum(np.array(task['state_std']), 1e-6)
+        assert model.policy_info['tasks'][k]['instruction'] == instruction
         hits[instruction] = 0
         for seed in (envs.TEST_SEED, envs.TEST_SEED + 1, envs.TEST_SEED + 2):
             obs, _ = env.reset(seed=seed)
-            policy = VLAPolicy(model, instruction, n_action_steps=4)
-            for _ in range(15):  # normalize like train_multitask.to_common, un-normalize the answer
-                frame = envs.obs_to_frame('pusht', obs)
-                frame['observation.state'] = ((frame['observation.state'] - mean) / std).astype(np.float32)
-                action = (np.asarray(policy(frame)) + 1) / 2 * (hi - lo) + lo
+            policy = VLAPolicy(model, instruction, n_action_steps=4, task_index=k)  # the task's own statistics
+            for _ in range(15):
+                action = np.asarray(policy(envs.obs_to_frame('pusht', obs)))
                 if seed == envs.TEST_SEED and policy.t == 1:
                     first_actions.append(action)  # same frame, two instructions
                 obs, *_ = env.step(action.astype(np.float32))

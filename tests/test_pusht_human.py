@@ -17,6 +17,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 import data  # noqa: E402
 import envs  # noqa: E402
+from conftest import check_checkpoint_runs  # noqa: E402
 from deploy import ExportedPolicy, export_policy, load_exported  # noqa: E402
 from eval import VLAPolicy  # noqa: E402
 from model import ManipulationVLA, ManipulationVLAConfig  # noqa: E402
@@ -53,7 +54,7 @@ def test_every_preset_resolves_through_task(preset):
 def test_pusht_human_preset_is_the_hub_dataset():
     cfg = script_config("train_bc.py", ["--task=pusht_human", "--max_iters=7"])
     assert (cfg["task"], cfg["dataset"], cfg["max_iters"]) == ("pusht", "lerobot/pusht", 7)
-    assert cfg["n_obs_steps"] == 2 and cfg["final_eval_episodes"] >= 200
+    assert cfg["augment_shift"] == 4 and cfg["final_eval_episodes"] >= 200
 
 
 def write_dataset(root, episodes=2, length=6, text=TEXT, size=96):
@@ -195,15 +196,16 @@ def test_human_slice_trains_evaluates_and_deploys(tmp_path):
     out = str(tmp_path / "human")
     r = subprocess.run([sys.executable, "train_bc.py", "--task=pusht_human", f"--dataset={HUMAN}",
                         "--train_episodes=[0, 1]", f"--out_dir={out}", "--max_iters=4", "--batch_size=8",
-                        "--warmup_iters=1", "--log_interval=1", "--eval_interval=0", "--final_eval_episodes=1",
-                        "--ckpt_interval=4", "--hidden_size=32", "--num_heads=2", "--cnn_width=8",
+                        "--warmup_iters=1", "--log_interval=1", "--eval_interval=2", "--eval_episodes=1",
+                        "--final_eval_episodes=1", "--ckpt_interval=4", "--hidden_size=32", "--num_heads=2",
+                        "--cnn_width=8", "--action_head_type=diffusion", "--n_obs_steps=2",
                         "--diffusion_inference_steps=2"],
                        cwd=REPO, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert "differs from envs.TASKS['pusht'] instruction" in r.stdout  # said, not silent
-    tc = json.load(open(os.path.join(out, "train_config.json")))
-    assert tc["instruction"] == TEXT and tc["instructions"] == [TEXT]
     model = ManipulationVLA.from_pretrained(out)
+    stored = model.policy_info["tasks"][0]  # config.json carries what eval.py and deploy.py need
+    assert stored["instruction"] == TEXT and stored["instructions"] == [TEXT] and stored["task"] == "pusht"
     assert model.config.n_obs_steps == 2 and model.config.image_hw == (96, 96)
     m = json.load(open(os.path.join(out, "eval.json")))
     assert m["n_episodes"] == 1 and 0.0 <= m["avg_max_reward"] <= 1.0
@@ -215,6 +217,7 @@ def test_human_slice_trains_evaluates_and_deploys(tmp_path):
     r = subprocess.run([sys.executable, "deploy.py", "run", f"--policy={out}", "--episodes=1",  # the checkpoint
                         "--max_steps=10", "--rate=0"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "success" in r.stdout, r.stderr[-3000:]
+    check_checkpoint_runs(os.path.join(out, "best"))  # best/ (validation at iteration 2) is the same format
 
 
 def test_every_model_field_is_a_config_key():

@@ -1,7 +1,11 @@
 """
-Resumable training state, the one way every stage script writes and reads it (as nanochat shares its
-checkpoint manager); each script decides WHAT goes in (weights, optimizer, RNG, its own counters).
+What every train_*.py script shares, written once (as nanochat shares its checkpoint manager); each script
+keeps its own loop and decides WHAT goes into its checkpoints.
 
+    ddp, rank, world_size, device = init_distributed(device)
+    optimizer = adamw(model, learning_rate, weight_decay, betas)
+    lr = cosine_lr(it, learning_rate, min_lr, warmup_iters, decay_iters)
+    update_ema(ema_model, model, ema_decay)
     save_state(out_dir, 'training_state', step, tensors, meta)   # -> <name>-<step>-<id>.safetensors + <name>.json
     meta, tensors = load_state(out_dir, 'training_state')
 
@@ -9,10 +13,10 @@ Crash consistency: the tensors go to a NEW file named by the step, then <name>.j
 name and sha256, the script's metadata) is replaced in one rename -- the commit point -- and only then are
 older tensor files deleted. A kill at any instant leaves the JSON naming a complete tensor file of its
 own step, so a resume never mixes steps; a file changed afterwards fails its checksum.
-Also the atomic JSON write the scripts share.
 """
 import hashlib
 import json
+import math
 import os
 import uuid
 
@@ -20,6 +24,49 @@ import torch
 from safetensors.torch import save_file
 
 FORMAT_VERSION = 2
+
+
+def init_distributed(device):
+    """torchrun sets RANK / WORLD_SIZE / LOCAL_RANK: then join the process group (NCCL on GPUs, gloo on CPUs)
+    and take this rank's GPU. -> (ddp, rank, world_size, device), device resolved from 'auto'."""
+    if device == 'auto':
+        device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
+    if int(os.environ.get('RANK', -1)) == -1:
+        return False, 0, 1, device
+    import torch.distributed as dist
+    from datetime import timedelta
+    backend = 'nccl' if device.startswith('cuda') else 'gloo'
+    dist.init_process_group(backend=backend, timeout=timedelta(hours=2))  # rank 0 may record data / evaluate
+    if device.startswith('cuda'):
+        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+        torch.cuda.set_device(device)
+    return True, dist.get_rank(), dist.get_world_size(), device
+
+
+def adamw(model, learning_rate, weight_decay, betas, fused=False):
+    """AdamW (Loshchilov & Hutter 2019) with weight decay on matrices only: decaying biases and norm gains
+    toward 0 only hurts (nanoGPT's grouping). Frozen parameters are left out."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW([{'params': [p for p in params if p.dim() >= 2], 'weight_decay': weight_decay},
+                              {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0}],
+                             lr=learning_rate, betas=betas, fused=fused)
+
+
+def cosine_lr(it, learning_rate, min_lr, warmup_iters, decay_iters):
+    """Linear warmup, then cosine decay to min_lr at decay_iters, then min_lr (nanoGPT; Loshchilov & Hutter 2017)."""
+    if it < warmup_iters:
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    if it > decay_iters:
+        return min_lr
+    ratio = (it - warmup_iters) / max(1, decay_iters - warmup_iters)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
+
+
+@torch.no_grad()
+def update_ema(ema_model, model, decay):
+    """ema <- decay * ema + (1 - decay) * weights: a running average of the weights that evaluates better
+    than the last iterate (Polyak averaging; Diffusion Policy and ACT evaluate the EMA too)."""
+    torch._foreach_lerp_(list(ema_model.parameters()), list(model.parameters()), 1.0 - decay)
 
 
 def write_json(path, obj):

@@ -1,0 +1,25 @@
+"""Shared by the test files: the check that a checkpoint folder of any producer (train_bc.py, its best/,
+train_multitask.py, train_dagger.py, train_gail.py) runs through eval.py, deploy.py export and deploy.py run."""
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def check_checkpoint_runs(ckpt, task=''):
+    """One short episode in eval.py, an export (checked against the eager model by deploy.py), and one short
+    episode of the control loop with the safety shield in the simulator; `task` picks a multi-task policy's task."""
+    t = [f'--task={task}'] if task else []
+    commands = [['eval.py', f'--ckpt={ckpt}', '--episodes=1', '--max_steps=8', '--videos=0',
+                 f'--out={ckpt}/eval_check.json'] + t,
+                ['deploy.py', 'export', f'--ckpt={ckpt}', f'--out={ckpt}/check.pt'] + t,
+                ['deploy.py', 'run', f'--policy={ckpt}', '--robot=sim', '--episodes=1', '--max_steps=8', '--rate=0'] + t]
+    for args in commands:
+        r = subprocess.run([sys.executable] + args, cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, f"{' '.join(args)} failed:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
+    metrics = json.load(open(os.path.join(ckpt, 'eval_check.json')))
+    assert metrics['n_episodes'] == 1 and (not task or metrics['task'] == task)
+    assert os.path.getsize(os.path.join(ckpt, 'check.pt')) > 0
+    assert 'over 1 episodes' in r.stdout  # deploy run's summary line
