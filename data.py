@@ -438,8 +438,13 @@ class LeRobotDatasetWriter:
         w.save_episode(); ...; w.finalize()
     """
 
-    def __init__(self, root, fps, features, robot_type=None, use_videos=False):
+    def __init__(self, root, fps, features, robot_type=None, use_videos=None):
+        """use_videos: cameras as mp4 (True) or PNG in parquet (False); None = as the dataset being appended
+        to stores them (DAgger appends to whatever it was given), PNG for a new one."""
         self.root, self.fps = Path(root), fps
+        if use_videos is None:
+            info = self.root / "meta/info.json"
+            use_videos = info.exists() and "video" in {f["dtype"] for f in json.loads(info.read_text())["features"].values()}
         feats = {k: dict(v, shape=list(v["shape"])) for k, v in features.items() if k not in DEFAULT_FEATURES}
         for k, f in feats.items():
             if f["dtype"] in CAMERA_DTYPES:

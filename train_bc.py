@@ -185,6 +185,8 @@ def batches_from(iter_num):
 model_fields = ManipulationVLAConfig.__dataclass_fields__
 if init_from:  # fine-tune: architecture, weights and normalization statistics come from the checkpoint
     model = ManipulationVLA.from_pretrained(init_from)
+    if model.policy_info.get('stage') == 'vlm':  # a train_vlm.py (stage 1) checkpoint: an aligned backbone with
+        model.set_normalization_stats(stats)  # identity action statistics; this dataset's go in, the head trains here
     model_config = model.config
     print0(f"initialized from {init_from}; its config wins over model keys given here")
     if model_config.image_hw != frame_hw or model_config.n_obs_steps != n_obs_steps:

@@ -162,6 +162,25 @@ def test_append_episodes_for_dagger(tmp_path, episodes):
         data.LeRobotDatasetWriter(root, FPS + 1, FEATURES)
 
 
+def test_append_to_a_video_dataset_keeps_videos(tmp_path, episodes):
+    """DAgger opens the writer with the dataset's own features (video dtype) and no use_videos: the new
+    episodes must go to mp4 like the old ones, not turn the cameras into PNG columns (issue 18)."""
+    root = write(tmp_path / "ds", episodes[:1], use_videos=True)
+    meta = data.LeRobotDatasetMetadata(root)
+    w = data.LeRobotDatasetWriter(root, fps=meta.fps, features=meta.features)
+    more = make_episodes(seed=2, lengths=[4])
+    for f in more[0][0]:
+        w.add_frame(f, more[0][1])
+    w.save_episode()
+    w.finalize()
+    ds = data.LeRobotDataset(root)
+    assert ds.meta.total_episodes == 2 and ds.meta.features["observation.image"]["dtype"] == "video"
+    assert len(list((root / "videos").rglob("*.mp4"))) == 2
+    src = stacked(episodes[:1] + more, "observation.image").astype(np.float32)
+    err = np.abs(ds.frames["observation.image"].astype(np.float32) - src).mean()
+    assert err < 6.0, err  # lossy video, but every frame decoded near its source
+
+
 def test_episode_subset(png_root, episodes):
     ds = data.LeRobotDataset(png_root, episodes=[0, 2], delta_timestamps={"action": [0, 0.1]})
     assert len(ds) == 6 + 5 and set(ds.columns["episode_index"]) == {0, 2}

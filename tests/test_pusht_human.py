@@ -18,7 +18,7 @@ sys.path.insert(0, REPO)
 import data  # noqa: E402
 import envs  # noqa: E402
 from conftest import check_checkpoint_runs  # noqa: E402
-from deploy import ExportedPolicy, export_policy, load_exported  # noqa: E402
+from deploy import ExportedPolicy, export_policy, load_exported, load_policy  # noqa: E402
 from eval import VLAPolicy  # noqa: E402
 from model import ManipulationVLA, ManipulationVLAConfig  # noqa: E402
 
@@ -209,15 +209,11 @@ def test_human_slice_trains_evaluates_and_deploys(tmp_path):
     assert model.config.n_obs_steps == 2 and model.config.image_hw == (96, 96)
     m = json.load(open(os.path.join(out, "eval.json")))
     assert m["n_episodes"] == 1 and 0.0 <= m["avg_max_reward"] <= 1.0
-    r = subprocess.run([sys.executable, "deploy.py", "export", f"--ckpt={out}"], cwd=REPO, capture_output=True,
-                       text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    module, meta = load_exported(os.path.join(out, "policy.pt"))
+    check_checkpoint_runs(out)  # eval.py, deploy.py export (to check.pt) and deploy.py run
+    module, meta = load_exported(os.path.join(out, "check.pt"))
     assert meta["instruction"] == TEXT and meta["n_obs_steps"] == 2
-    r = subprocess.run([sys.executable, "deploy.py", "run", f"--policy={out}", "--episodes=1",  # the checkpoint
-                        "--max_steps=10", "--rate=0"], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0 and "success" in r.stdout, r.stderr[-3000:]
-    check_checkpoint_runs(os.path.join(out, "best"))  # best/ (validation at iteration 2) is the same format
+    settings, policy = load_policy(os.path.join(out, "best"))  # best/ (validation at iteration 2): the same format
+    assert settings["instruction"] == TEXT and policy.n_obs_steps == 2
 
 
 def test_every_model_field_is_a_config_key():

@@ -63,25 +63,14 @@ def test_every_head_trains_and_eval_loads(head, tiny_dataset, tmp_path):
     for f in ['model.safetensors', 'config.json', state['tensors'], 'training_state.json',
               'train_config.json', 'curves.png']:
         assert os.path.exists(os.path.join(out, f)), f
+    if head not in ('flow', 'transformer'):  # eval.py on the others: DAgger's (mlp), GAIL's (gaussian) and
+        return  # best/ (diffusion) checkpoints go through conftest.check_checkpoint_runs
     # eval.py loads the checkpoint and runs it closed-loop in the simulator
     r = subprocess.run([sys.executable, 'eval.py', f'--ckpt={out}', '--episodes=1', '--max_steps=20', '--videos=0'],
                        cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     metrics = json.load(open(os.path.join(out, 'eval.json')))
     assert 0.0 <= metrics['success_rate'] <= 1.0
-
-
-def test_resume_reproduces_uninterrupted_losses(tiny_dataset, tmp_path):
-    common = [f'--dataset={tiny_dataset}', '--action_head_type=diffusion', '--lr_decay_iters=16',
-              '--ckpt_interval=8', '--action_chunk_size=8', '--n_action_steps=4'] + TINY
-    full, split = str(tmp_path / 'full'), str(tmp_path / 'split')
-    train(common + [f'--out_dir={full}', '--max_iters=16'])
-    train(common + [f'--out_dir={split}', '--max_iters=8'])
-    train(common + [f'--out_dir={split}', '--max_iters=16', '--resume=True'])
-    a, b = losses(full), losses(split)
-    assert sorted(b) == list(range(1, 17))
-    for it in range(9, 17):  # the resumed half: same batches, same noise, same weights
-        assert abs(a[it] - b[it]) < 1e-5 * max(1.0, abs(a[it])), (it, a[it], b[it])
 
 
 def test_ddp_two_gloo_processes_stay_identical(tiny_dataset, tmp_path):
@@ -157,7 +146,7 @@ runpy.run_path('train_bc.py', run_name='__main__')
 def test_a_kill_at_every_point_of_a_save_resumes_exactly(tiny_dataset, tmp_path):
     """Kill the run at each file operation of the checkpoint save at iteration 8 (and halfway through each
     file it writes), resume: the log has every iteration once, the losses and the final weights equal the
-    uninterrupted run's."""
+    uninterrupted run's (so a plain stop-and-resume reproduces the uninterrupted run too)."""
     from safetensors.torch import load_file
     common = [f'--dataset={tiny_dataset}', '--action_head_type=diffusion', '--ckpt_interval=4', '--max_iters=12',
               '--action_chunk_size=8', '--n_action_steps=4'] + TINY

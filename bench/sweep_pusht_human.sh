@@ -1,0 +1,52 @@
+#!/bin/bash
+# Recipe sweep on the human PushT data (RESULTS.md, issue 15): train several recipes AT ONCE (one process each,
+# made for a GPU machine with many CPU cores), each stopped by a wall-clock timeout (the last checkpoint, at a
+# multiple of 1000 iterations, is evaluated), then evaluate each on 50 validation seeds in 2 CPU processes.
+# usage: bash bench/sweep_pusht_human.sh ITERS TRAIN_TIMEOUT_S EVAL_EPISODES_PER_PROC DEVICE SET [DATASET]
+#   SET 1: heads / history / shifts / width;  SET 2: width-32 variants (shift 8, 4x4 token grid)
+# The figures in RESULTS.md: `bash bench/sweep_pusht_human.sh 12000 360 25 cuda 1 .gpu/pusht_human_v30` and
+# `... 8000 215 25 cuda 2 ...` on an H100 machine (16 cores), the dataset a copy of ../shared/datasets/pusht_human_v30.
+ITERS=${1:-10000}; TT=${2:-360}; EP=${3:-25}; DEV=${4:-cuda}; SET=${5:-1}; DATA=${6:-../shared/datasets/pusht_human_v30}
+OUT=${OUT:-/tmp/sweep_out}; mkdir -p $OUT/runs
+export PYTHONUNBUFFERED=1 MUJOCO_GL=egl SDL_VIDEODRIVER=dummy
+common="--task=pusht_human --dataset=$DATA --device=$DEV --max_iters=$ITERS --eval_interval=0 --final_eval_episodes=0 --ckpt_interval=1000 --log_interval=100"
+declare -A R
+if [ "$SET" = 1 ]; then
+  R[A_mlp_n1_s0]="--action_head_type=mlp --n_obs_steps=1 --augment_shift=0"
+  R[B_mlp_n1_s4]="--action_head_type=mlp --n_obs_steps=1 --augment_shift=4"
+  R[C_mlp_n2_s4]="--action_head_type=mlp --n_obs_steps=2 --augment_shift=4"
+  R[D_diff_n2_s4]="--action_head_type=diffusion --n_obs_steps=2 --augment_shift=4"
+  R[E_mlp_n1_s4_w32]="--action_head_type=mlp --n_obs_steps=1 --augment_shift=4 --cnn_width=32"
+  R[F_diff_n1_s4_w32]="--action_head_type=diffusion --n_obs_steps=1 --augment_shift=4 --cnn_width=32"
+else
+  R[G_mlp_n1_s4_w32]="--action_head_type=mlp --n_obs_steps=1 --augment_shift=4 --cnn_width=32"
+  R[H_mlp_n1_s8_w32]="--action_head_type=mlp --n_obs_steps=1 --augment_shift=8 --cnn_width=32"
+  R[I_mlp_n1_s4_w32_g4]="--action_head_type=mlp --n_obs_steps=1 --augment_shift=4 --cnn_width=32 --vision_grid=4"
+fi
+t0=$(date +%s)
+for k in "${!R[@]}"; do
+  OMP_NUM_THREADS=2 timeout $TT python3 train_bc.py $common ${R[$k]} --out_dir=$OUT/runs/$k > $OUT/runs/$k.train.log 2>&1 &
+done
+wait
+echo "training done after $(( $(date +%s) - t0 )) s"
+for k in "${!R[@]}"; do
+  tail -c 600 $OUT/runs/$k.train.log | tr '\r' '\n' | tail -3
+  tail -1 $OUT/runs/$k/log.jsonl
+  for s in 0 1; do
+    OMP_NUM_THREADS=1 timeout 200 python3 eval.py --ckpt=$OUT/runs/$k --episodes=$EP --start_seed=$((100000 + s*EP)) --videos=0 --out=$OUT/runs/$k/val$s.json > $OUT/runs/$k.eval$s.log 2>&1 &
+  done
+done
+wait
+echo "eval done after $(( $(date +%s) - t0 )) s"
+python3 - <<PY
+import json, glob, os
+for d in sorted(glob.glob("$OUT/runs/*/")):
+    ms = [json.load(open(f)) for f in sorted(glob.glob(d + "val*.json"))]
+    log = [json.loads(l) for l in open(d + "log.jsonl")] if os.path.exists(d + "log.jsonl") else []
+    last = [r for r in log if 'loss' in r][-1:] or [{}]
+    n = sum(m['n_episodes'] for m in ms)
+    succ = sum(m['success_rate'] * m['n_episodes'] for m in ms) / max(n, 1)
+    rew = sum(m['avg_max_reward'] * m['n_episodes'] for m in ms) / max(n, 1)
+    print(os.path.basename(d.rstrip('/')), 'iter', last[0].get('iter'), 'time', round(last[0].get('time', 0)), 'loss', last[0].get('loss'), 'episodes', n, 'success', round(succ, 3), 'maxrew', round(rew, 3))
+PY
+cd $OUT/runs && for k in "${!R[@]}"; do rm -f $k/training_state*; tar czf $OUT/$k.tgz $k $k.*.log; done; cd $OUT && rm -rf runs && ls -la
