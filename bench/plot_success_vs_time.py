@@ -20,12 +20,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 def points(run, pause=None):
     """-> [(iteration, minutes of training (train_time: evaluations left out), success, 'val' | 'test')] from
     run/log.jsonl; a test result only in run/eval.json (evaluated by eval.py) counts at the last iteration.
-    pause = (iteration, seconds): the run was stopped that long after that iteration; not training time."""
-    out, last, eval_seconds = [], None, 0.0
+    pause = (iteration, seconds): the run was stopped that long after that iteration; not training time.
+    A resumed run (--resume=True) appends to the same log with its clock from 0: its time adds to what came before."""
+    out, last, eval_seconds, offset, prev = [], None, 0.0, 0.0, (0.0, 0.0)
     for line in open(os.path.join(run, 'log.jsonl')):
         r = json.loads(line)
+        if r['time'] < prev[0]:  # a --resume'd process: its clock starts at 0 again, after the training so far
+            offset, eval_seconds = offset + prev[1], 0.0
         eval_seconds = r['time'] - r['train_time'] if 'train_time' in r else eval_seconds  # so far
-        t = r['time'] - eval_seconds - (pause[1] if pause and r['iter'] > pause[0] else 0)
+        prev = (r['time'], r['time'] - eval_seconds)
+        t = offset + prev[1] - (pause[1] if pause and r['iter'] > pause[0] else 0)
         last = (r['iter'], t / 60)
         for key, split in (('eval_success', 'val'), ('test_success', 'test')):
             if key in r:
