@@ -321,14 +321,7 @@ for it in pbar:
                              f"the last good checkpoint is in {out_dir}")
         scaler.scale(loss).backward()
         loss_sum += loss.item()
-    if max_grad_norm > 0:
-        scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), max_grad_norm).item()
-    else:
-        grad_norm = float('nan')
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
+    grad_norm = train_common.optimizer_step(optimizer, scaler, raw_model.parameters(), max_grad_norm)
     if ema_model is not None:
         train_common.update_ema(ema_model, raw_model, ema_decay)
     pbar.set_postfix(loss=f'{loss_sum:.4f}', lr=f'{lr:.2e}')

@@ -5,6 +5,7 @@ keeps its own loop and decides WHAT goes into its checkpoints.
     ddp, rank, world_size, device = init_distributed(device)
     optimizer = adamw(model, learning_rate, weight_decay, betas)
     lr = cosine_lr(it, learning_rate, min_lr, warmup_iters, decay_iters)
+    grad_norm = optimizer_step(optimizer, scaler, model.parameters(), max_grad_norm)  # unscale, clip, step
     update_ema(ema_model, model, ema_decay)
     save_state(out_dir, 'training_state', step, tensors, meta)   # -> <name>-<step>-<id>.safetensors + <name>.json
     meta, tensors = load_state(out_dir, 'training_state')
@@ -60,6 +61,19 @@ def cosine_lr(it, learning_rate, min_lr, warmup_iters, decay_iters):
         return min_lr
     ratio = (it - warmup_iters) / max(1, decay_iters - warmup_iters)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
+
+
+def optimizer_step(optimizer, scaler, params, max_grad_norm):
+    """Unscale (fp16), clip the global gradient norm (0 = no clipping), step, clear the gradients.
+    -> the gradient norm before clipping (nan when not clipping), for the log."""
+    grad_norm = float('nan')
+    if max_grad_norm > 0:
+        scaler.unscale_(optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm).item()
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
 
 
 @torch.no_grad()

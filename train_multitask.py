@@ -289,12 +289,7 @@ for it in pbar:
         scaler.scale(loss).backward()
         loss_sum += loss.item()
         losses.update({k: v.item() for k, v in task_losses.items()})
-    if max_grad_norm > 0:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(raw_model.parameters(), max_grad_norm)
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
+    train_common.optimizer_step(optimizer, scaler, raw_model.parameters(), max_grad_norm)
     if ema_model is not None:
         train_common.update_ema(ema_model, raw_model, ema_decay)
     pbar.set_postfix(loss=f'{loss_sum:.4f}', tasks=active_tasks(it))

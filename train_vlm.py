@@ -348,12 +348,7 @@ for it in range(max_iters):
     if not torch.isfinite(loss):
         raise SystemExit(f"loss is {loss.item()} at iteration {it}: lower --learning_rate (now {learning_rate})")
     scaler.scale(loss).backward()
-    if max_grad_norm > 0:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
+    train_common.optimizer_step(optimizer, scaler, model.parameters(), max_grad_norm)
     step = it + 1
     if step % log_interval == 0 or step == max_iters:
         log(dict(iter=step, loss=loss.item(), lr=lr, time=time.time() - t0))
