@@ -123,10 +123,10 @@ _RANGES = {
     # DAgger, GAIL, multi-task, eval and deploy
     **{k: (lambda v: v >= 1, '>= 1') for k in (
         'dagger_iters', 'episodes_per_iter', 'train_iters', 'expert_episodes', 'steps_per_iter', 'ppo_epochs',
-        'minibatch_size', 'hidden_dim', 'curriculum_interval', 'image_size', 'episodes', 'threads')},
+        'minibatch_size', 'hidden_dim', 'curriculum_interval', 'image_size', 'episodes', 'threads', 'num_workers')},
     **{k: (lambda v: v >= 0, '>= 0') for k in (
-        'bc_iters', 'ppo_iters', 'disc_steps', 'max_steps', 'videos', 'entropy_coef', 'value_coef', 'bc_coef',
-        'grad_penalty', 'rate', 'max_step_change')},
+        'bc_iters', 'ppo_iters', 'disc_steps', 'max_steps', 'eval_max_steps', 'videos', 'entropy_coef', 'value_coef',
+        'bc_coef', 'grad_penalty', 'rate', 'max_step_change')},
     **{k: (lambda v: 0 <= v <= 1, 'in [0, 1]') for k in ('beta', 'beta_decay', 'gamma', 'gae_lambda')},
     'clip_eps': (lambda v: 0 < v < 1, 'in (0, 1), e.g. 0.2'),
     'disc_learning_rate': (lambda v: 0 < v < float('inf'), 'a finite number > 0'),

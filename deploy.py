@@ -42,7 +42,7 @@ format = 'torchscript'  # export: 'torchscript' (.pt, torch.jit.load) | 'export'
 policy = ''  # run: a checkpoint folder (weights + JSON, run with this repo's model code), or an exported file
 trust_exported_code = False  # run: an exported .pt/.pt2 is a PROGRAM (TorchScript / pickle): loading one can run
 #                              arbitrary code. True runs it; only for files you exported yourself and kept safe
-robot = 'sim'  # run: 'sim' (the task's simulator) | 'ros2' (not available on this machine, see ROS2Robot)
+robot = 'sim'  # run: 'sim' (the task's simulator); a real robot implements SimRobot's interface (see below)
 task = ''  # export/run: which task of a multi-task checkpoint ('' = its only task; run: the exported file's)
 instruction = ''  # run: must match the exported instruction ('' = the stored one)
 rate = 10.0  # control rate in Hz (PushT's simulator runs at 10 Hz); 0 = as fast as possible
@@ -287,11 +287,10 @@ def export_main():
     export_policy(model, tc['instruction'], path, meta, format, task_index=i)
     module, _ = load_exported(path)  # check the file against the eager model before declaring success
     inputs = example_inputs(model, tc['state_dim'])
-    torch.manual_seed(0)
-    with torch.no_grad():
+    with torch.no_grad():  # the same seed before each: a generative head draws noise
+        torch.manual_seed(0)
         eager = StepPolicy(model, tc['instruction'], i)(*inputs)
-    torch.manual_seed(0)
-    with torch.no_grad():
+        torch.manual_seed(0)
         exported = module(*inputs)
     if not (torch.isfinite(eager).all() and torch.isfinite(exported).all()):
         os.remove(path)
@@ -464,16 +463,10 @@ class SimRobot:
         self.env.close()
 
 
-class ROS2Robot:
-    """ROS 2 bridge (not shipped): rclpy is not installable from this machine's Debian sources
-    (`apt-cache search rclpy` finds nothing), so there is no tested bridge. The interface it would
-    implement: subscribe sensor_msgs/Image on <ns>/camera/image_raw and sensor_msgs/JointState on
-    <ns>/joint_states (observation with the newest message stamps as 'timestamp'), publish the
-    shield's command as std_msgs/Float64MultiArray on <ns>/command, close() destroys the node."""
-
-    def __init__(self, *args, **kwargs):
-        raise SystemExit("--robot=ros2: ROS 2 (rclpy) is not available on this machine, so no bridge is shipped; "
-                         "see ROS2Robot's docstring for the topics a bridge implements")
+# No ROS 2 bridge ships: rclpy is not installable from this machine's Debian sources (`apt-cache search rclpy`
+# finds nothing), so none could be tested. One implements the interface above: subscribe sensor_msgs/Image on
+# <ns>/camera/image_raw and sensor_msgs/JointState on <ns>/joint_states (the newest stamps as 'timestamp'),
+# publish the shield's command as std_msgs/Float64MultiArray on <ns>/command, close() destroys the node.
 
 
 # -----------------------------------------------------------------------------
@@ -583,10 +576,10 @@ def run_main():
     results = []
     try:
         for seed in range(start_seed, start_seed + episodes):
-            bot = SimRobot(task_name, seed, max_steps) if robot == 'sim' else \
-                ROS2Robot() if robot == 'ros2' else None
-            if bot is None:
-                raise SystemExit(f"--robot must be 'sim' or 'ros2', got {robot!r}")
+            if robot != 'sim':  # the one robot shipped; a ROS 2 bridge is not (see the note below SimRobot)
+                raise SystemExit(f"--robot={robot!r}: only 'sim' ships (no ROS 2 bridge: rclpy is not installable "
+                                 f"here); a real robot implements SimRobot's get_observation/send_action/close")
+            bot = SimRobot(task_name, seed, max_steps)
             if bot.action_dim != meta['action_dim']:
                 raise SystemExit(f"the policy outputs {meta['action_dim']} action values but the robot takes "
                                  f"{bot.action_dim}: export a policy trained for this robot")

@@ -93,17 +93,68 @@ def _main_script_hidden():
         main.__dict__.update(saved)
 
 
-def _episodes(task, seeds, num_workers, expert_kw):
-    """Yield finished episodes in seed order, from this process or a pool of spawned processes."""
-    jobs = [(task, s, expert_kw) for s in seeds]
+def _imap(worker, jobs, num_workers):
+    """Yield worker(job) for each job in order, from this process or a pool of spawned processes.
+    worker: the NAME of a function of this module (what a spawned process can import)."""
+    import envs  # the importable module even when this file runs as `python envs.py` (__main__ is hidden)
     if num_workers <= 1:
-        yield from map(_episode_worker, jobs)
+        yield from map(getattr(envs, worker), jobs)
         return
     with _main_script_hidden():  # spawn (not fork): no copied pygame / torch thread state in the workers
         pool = mp.get_context("spawn").Pool(num_workers)
-    import envs  # the importable module even when this file runs as `python envs.py` (__main__ is hidden)
     with pool:
-        yield from pool.imap(envs._episode_worker, jobs)
+        yield from pool.imap(getattr(envs, worker), jobs)
+
+
+def _episodes(task, seeds, num_workers, expert_kw):
+    """Yield finished expert episodes in seed order."""
+    return _imap("_episode_worker", [(task, s, expert_kw) for s in seeds], num_workers)
+
+
+_POLICIES = {}  # checkpoint folder -> loaded policy, once per (worker) process
+
+
+def _dagger_worker(args):
+    """One DAgger rollout: the mixture beta * expert + (1 - beta) * learner drives, chosen per step, and every
+    visited state is recorded with the EXPERT's action as its label (Ross et al. 2011). -> dict(seed, success,
+    steps, expert_fraction, frames: [frame dicts], labels (T, A) float32). The rng is seeded per episode, so the
+    labels do not depend on how many workers share the rollouts."""
+    task, ckpt, seed, beta, max_steps, rng_seed, threads = args
+    import torch
+    from deploy import load_policy
+    if threads:
+        torch.set_num_threads(threads)
+    if ckpt not in _POLICIES:
+        _POLICIES[ckpt] = load_policy(ckpt)[1]
+    policy, expert, env = _POLICIES[ckpt], make_expert(task), make_env(task)
+    rng = np.random.default_rng(rng_seed)
+    obs, info = env.reset(seed=seed)
+    policy.reset()
+    expert.reset()
+    frames, labels, expert_steps, success = [], [], 0, False
+    for t in range(max_steps):
+        frame = obs_to_frame(task, obs)
+        label = np.asarray(expert.get_action(env), np.float32)  # what the expert would do HERE
+        learner = np.asarray(policy(frame), np.float32)  # the learner keeps its own chunk queue
+        use_expert = rng.random() < beta
+        expert_steps += use_expert
+        frames.append(frame)
+        labels.append(label)
+        obs, reward, terminated, truncated, info = env.step(label if use_expert else learner)
+        success = is_success(info)
+        if success or terminated or truncated:
+            break
+    env.close()
+    return dict(seed=seed, success=success, steps=len(labels), expert_fraction=expert_steps / len(labels),
+                frames=frames, labels=np.stack(labels))
+
+
+def label_rollouts(task, ckpt, seeds, beta, max_steps, rng_seed, num_workers=1):
+    """DAgger's data: yield one expert-labelled rollout of the policy in `ckpt` per seed, in seed order, from
+    num_workers processes (the expert re-plans at every state the learner drives it to: that is the cost).
+    rng_seed: a list of ints; episode s draws its expert/learner choices from default_rng(rng_seed + [s])."""
+    jobs = [(task, ckpt, s, beta, max_steps, [*rng_seed, s], 1 if num_workers > 1 else 0) for s in seeds]
+    return _imap("_dagger_worker", jobs, num_workers)
 
 
 def record_demonstrations(task, num_episodes, out_dir, seed=0, num_workers=1, use_videos=False, max_attempts=None,
@@ -113,7 +164,7 @@ def record_demonstrations(task, num_episodes, out_dir, seed=0, num_workers=1, us
     used. Workers simulate and render; this process alone writes. Returns a summary dict."""
     from tqdm import tqdm
 
-    import data
+    import dataset_writer
 
     module, spec = task_module(task), TASKS[task]
     max_attempts = max_attempts or 2 * num_episodes + 10
@@ -128,7 +179,7 @@ def record_demonstrations(task, num_episodes, out_dir, seed=0, num_workers=1, us
         spec["state_key"]: {"dtype": "float32", "shape": (spec["state_dim"],), "names": state_names},
         "action": {"dtype": "float32", "shape": (spec["action_dim"],), "names": action_names},
     }
-    writer = data.LeRobotDatasetWriter(out_dir, spec["fps"], features, robot_type=robot_type, use_videos=use_videos)
+    writer = dataset_writer.LeRobotDatasetWriter(out_dir, spec["fps"], features, robot_type=robot_type, use_videos=use_videos)
     t0, kept, attempts, steps, plan_s, decisions, max_delta = time.time(), 0, 0, [], 0.0, 0, None
     bar = tqdm(total=num_episodes, desc=f"recording {task} demos", unit="ep")
     episodes = _episodes(task, range(seed, seed + max_attempts), num_workers, expert_kw)

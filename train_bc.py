@@ -36,6 +36,7 @@ log_interval = 25  # iterations between log lines in out_dir/log.jsonl
 eval_interval = 1000  # iterations between closed-loop evaluations (0 = only at the end)
 eval_episodes = 20  # episodes per periodic evaluation, on validation seeds
 final_eval_episodes = 100  # episodes of the final evaluation, on held-out test seeds
+eval_max_steps = 0  # steps per evaluation episode: 0 = the task's limit (what published success rates count)
 ckpt_interval = 500  # iterations between checkpoints (written atomically)
 resume = False  # continue from out_dir's last checkpoint
 init_from = ''  # '' = new model from the config below; a checkpoint folder = fine-tune it (DAgger does)
@@ -278,7 +279,7 @@ def evaluate(n_episodes, start_seed, video_dir=None):
     change the training run's random stream (resumed runs stay identical)."""
     policy = VLAPolicy(eval_model, instruction=eval_instruction, n_action_steps=n_action_steps,
                        temporal_ensemble_coeff=temporal_ensemble_coeff, image_keys=task_spec['image_keys'])
-    evaluator = ManipulationEvaluator(task, n_episodes=n_episodes, start_seed=start_seed,
+    evaluator = ManipulationEvaluator(task, n_episodes=n_episodes, start_seed=start_seed, max_steps=eval_max_steps,
                                       video_dir=video_dir, n_videos=2 if video_dir else 0)
     with torch.random.fork_rng(devices=[]):
         eval_model.eval()

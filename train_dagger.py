@@ -3,6 +3,7 @@ DAgger: Dataset Aggregation (Ross, Gordon & Bagnell 2011, "A Reduction of Imitat
 and Structured Prediction to No-Regret Online Learning").
 
     python train_dagger.py --task=pusht --init_from=out/pusht
+    python train_dagger.py --task=pusht --init_from=out/pusht --num_workers=2   # label in 2 processes
 
 Behavior cloning trains only on states the expert visits; at test time the learner's small
 errors take it to states nobody demonstrated, where its errors grow (compounding error,
@@ -11,6 +12,10 @@ expert what it would have done in every state the learner visited, add those lab
 dataset, retrain, repeat. Iteration i executes the mixture pi_i = beta_i expert + (1 - beta_i)
 learner, chosen per step, with beta_i = beta * beta_decay^i, so early rollouts stay near the
 expert's states and later ones are the learner's own (error then O(T eps)).
+
+A label costs one expert plan: the learner drives the expert off its plan at almost every step
+(bench/bench_dagger_labels.py measures it), so rollouts are labelled in worker processes
+(envs.label_rollouts), and the PushT expert reuses its simulated pushes while the block has not moved.
 
 Each iteration writes a LeRobot dataset out_dir/data_iter<i> (the previous one plus the new
 labels: inspect or reuse it), retrains with train_bc.py (fine-tuning the last policy or from
@@ -42,6 +47,8 @@ train_iters = 2000  # train_bc.py iterations per round
 train_args = ''  # extra train_bc.py arguments, e.g. '--batch_size=32 --learning_rate=1e-4'
 eval_episodes = 50  # held-out test episodes evaluated after each round (0 = skip)
 rollout_seed = 50_000  # rollout seeds are training seeds: [rollout_seed, ...) inside [0, VAL_SEED)
+num_workers = 1  # processes that roll out and label in parallel (one torch thread each); the expert's
+#                 re-planning at every learner-visited state is what a label costs
 seed = 1337
 resume = False
 _task_presets = False  # --task names the simulator; BC presets are in the init_from checkpoint
@@ -50,13 +57,20 @@ exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator
 # -----------------------------------------------------------------------------
 import train_common  # noqa: E402
 import data  # noqa: E402
+import dataset_writer  # noqa: E402
 import envs  # noqa: E402
-from eval import load_policy  # noqa: E402
+from model import read_json  # noqa: E402
 
 if retrain not in ('finetune', 'scratch'):
     raise SystemExit(f"retrain must be 'finetune' or 'scratch', got {retrain!r}")
 if not 0.0 <= beta <= 1.0 or not 0.0 <= beta_decay <= 1.0:
     raise SystemExit(f"beta={beta} and beta_decay={beta_decay} must be probabilities in [0, 1]")
+ckpt_tasks = read_json(os.path.join(init_from, 'config.json')).get('policy', {}).get('tasks') or []  # no weights loaded
+if len(ckpt_tasks) != 1:
+    raise SystemExit(f"{init_from} serves {len(ckpt_tasks)} tasks ({', '.join(t['task'] for t in ckpt_tasks) or 'none stored'}): "
+                     f"DAgger retrains ONE task with its train_bc.py recipe; DAgger into a multi-task policy's "
+                     f"datasets is not implemented (train a single-task policy: python train_bc.py --task={task})")
+instruction = ckpt_tasks[0]['instruction']  # the BC policy's text (config.json) labels the new frames too
 cfg_path = os.path.join(init_from, 'train_config.json')
 if not os.path.exists(cfg_path):
     raise SystemExit(f"{cfg_path} not found: DAgger retrains with a train_bc.py recipe, so --init_from takes a "
@@ -67,7 +81,6 @@ with open(cfg_path) as f:
 if bc_config['task'] != task:
     raise SystemExit(f"--init_from={init_from} was trained on task {bc_config['task']!r}, not {task!r}")
 spec = envs.TASKS[task]
-instruction = load_policy(init_from)[0]['instruction']  # the BC policy's text (config.json) labels the new frames too
 max_steps = max_steps or spec['max_steps']
 if rollout_seed + dagger_iters * episodes_per_iter > envs.VAL_SEED:
     raise SystemExit(f"rollout seeds must stay below envs.VAL_SEED={envs.VAL_SEED} (training seeds only)")
@@ -77,35 +90,6 @@ os.makedirs(out_dir, exist_ok=True)
 def beta_at(i):
     """Probability of executing the expert's action in round i (the label is always the expert's)."""
     return beta * beta_decay ** i
-
-
-def rollout_and_label(policy, expert, writer, n_episodes, first_seed, beta_i, rng):
-    """Run the mixed policy; record every visited state with the EXPERT's action as its label.
-    Returns per-episode dicts (steps, learner success, fraction of steps the expert drove)."""
-    env = envs.make_env(task)
-    episodes = []
-    for seed_i in tqdm(range(first_seed, first_seed + n_episodes), desc='dagger rollouts', leave=False):
-        obs, info = env.reset(seed=seed_i)
-        policy.reset()
-        expert.reset()
-        expert_steps, success = 0, False
-        for t in range(max_steps):
-            frame = envs.obs_to_frame(task, obs)
-            label = np.asarray(expert.get_action(env), np.float32)  # what the expert would do HERE
-            learner = np.asarray(policy(frame), np.float32)  # the learner keeps its own chunk queue
-            use_expert = rng.random() < beta_i
-            expert_steps += use_expert
-            writer.add_frame({**frame, 'action': label}, task=instruction)
-            obs, reward, terminated, truncated, info = env.step(label if use_expert else learner)
-            if envs.is_success(info):
-                success = True
-                break
-            if terminated or truncated:
-                break
-        writer.save_episode()
-        episodes.append(dict(seed=seed_i, steps=t + 1, success=success, expert_fraction=expert_steps / (t + 1)))
-    env.close()
-    return episodes
 
 
 def train_round(i, dataset_path, prev_ckpt):
@@ -153,7 +137,6 @@ if state['done'] < 0:
 
 t_start = time.time()
 for i in range(state['done'] + 1, dagger_iters):
-    rng = np.random.default_rng([seed, i])  # per round, so a resumed run rolls out the same mixture
     beta_i = beta_at(i)
     # 1) copy the last aggregate, then append labelled learner rollouts (temp name, renamed when complete)
     new_path = os.path.join(out_dir, f'data_iter{i}')
@@ -161,18 +144,25 @@ for i in range(state['done'] + 1, dagger_iters):
     shutil.rmtree(tmp_path, ignore_errors=True)
     shutil.copytree(state['dataset'], tmp_path)
     meta = data.LeRobotDatasetMetadata(tmp_path)
-    writer = data.LeRobotDatasetWriter(tmp_path, fps=meta.fps, features=meta.features)
-    _, policy = load_policy(state['ckpt'])
-    expert = envs.make_expert(task)
-    eps = rollout_and_label(policy, expert, writer, episodes_per_iter,
-                            rollout_seed + i * episodes_per_iter, beta_i, rng)
+    writer = dataset_writer.LeRobotDatasetWriter(tmp_path, fps=meta.fps, features=meta.features)
+    first = rollout_seed + i * episodes_per_iter
+    t0, eps = time.time(), []
+    rollouts = envs.label_rollouts(task, state['ckpt'], range(first, first + episodes_per_iter), beta_i, max_steps,
+                                   rng_seed=[seed, i], num_workers=num_workers)
+    for ep in tqdm(rollouts, total=episodes_per_iter, desc='dagger rollouts', leave=False):
+        for frame, label in zip(ep.pop('frames'), ep.pop('labels')):
+            writer.add_frame({**frame, 'action': label}, task=instruction)
+        writer.save_episode()
+        eps.append(ep)
     writer.finalize()
+    label_seconds = time.time() - t0
     shutil.rmtree(new_path, ignore_errors=True)
     os.replace(tmp_path, new_path)
     labels = data.LeRobotDatasetMetadata(new_path).total_frames
     rollout_success = float(np.mean([e['success'] for e in eps]))
-    print(f"round {i}: beta={beta_i:.3f}, {sum(e['steps'] for e in eps)} new labels ({labels} total), "
-          f"mixed-policy rollout success {rollout_success:.2f}")
+    new_labels = sum(e['steps'] for e in eps)
+    print(f"round {i}: beta={beta_i:.3f}, {new_labels} new labels ({labels} total) in {label_seconds:.0f}s "
+          f"({num_workers} worker{'s' if num_workers > 1 else ''}), mixed-policy rollout success {rollout_success:.2f}")
     # 2) retrain on the aggregate and evaluate on held-out seeds
     round_dir, metrics = train_round(i, new_path, state['ckpt'])
     test_success = metrics['success_rate'] if metrics else None
@@ -180,7 +170,7 @@ for i in range(state['done'] + 1, dagger_iters):
     state.update(done=i, ckpt=round_dir, dataset=new_path)
     state['history'].append(dict(round=i, labels=labels, ckpt=round_dir, beta=beta_i, rollout_success=rollout_success,
                                  expert_fraction=float(np.mean([e['expert_fraction'] for e in eps])),
-                                 test_success=test_success, test_max_reward=test_max_reward, minutes=(time.time() - t_start) / 60))
+                                 label_seconds=label_seconds, new_labels=new_labels, test_success=test_success, test_max_reward=test_max_reward, minutes=(time.time() - t_start) / 60))
     train_common.write_json(state_path, state)
     print(f"round {i}: test success {test_success} over {eval_episodes} held-out episodes")
 

@@ -47,6 +47,7 @@ image_size = 96  # every camera is resized to this
 log_interval = 25
 eval_interval = 0  # iterations between per-task evaluations on validation seeds, kept in best/ (0 = only at the end)
 eval_episodes = 20  # per task: periodic evaluation (validation seeds) and the final one (held-out test seeds); 0 = none
+eval_max_steps = 0  # steps per evaluation episode: 0 = each task's limit (what published success rates count)
 ckpt_interval = 500
 resume = False
 augment = True  # random crop / color jitter / small affine on training images (data.augment_batch)
@@ -255,7 +256,8 @@ def evaluate(n_episodes, start_seed):
         for i, d in enumerate(task_data):
             pol = VLAPolicy(eval_model, d['instruction'], n_action_steps, image_keys=[d['image_key']],
                             state_key=d['state_key'], task_index=i)
-            m = ManipulationEvaluator(d['task'], n_episodes=n_episodes, start_seed=start_seed).evaluate(pol)
+            m = ManipulationEvaluator(d['task'], n_episodes=n_episodes, start_seed=start_seed,
+                                      max_steps=eval_max_steps).evaluate(pol)
             results[labels[i]] = {k: v for k, v in m.items() if k != 'episodes'}
     return results
 

@@ -122,7 +122,7 @@ def pusht_frames(n_frames, seed, per_episode=8, horizon=120):
 
 def record_vqa(task, n_frames, out_dir, seed=0):
     """Render n_frames and write their QA pairs as a LeRobot v3.0 dataset (format: see the top of this file)."""
-    import data
+    import dataset_writer
     if task != 'pusht':
         raise ValueError(f"no VQA generator for task {task!r} (PushT only)")
     frames = pusht_frames(n_frames, seed)
@@ -130,7 +130,7 @@ def record_vqa(task, n_frames, out_dir, seed=0):
     features = {'observation.image': {'dtype': 'image', 'shape': (h, w, 3), 'names': ['height', 'width', 'channels']},
                 'observation.environment_state': {'dtype': 'float32', 'shape': (8,), 'names': [
                     'agent_x', 'agent_y', 'block_x', 'block_y', 'block_angle', 'goal_x', 'goal_y', 'goal_angle']}}
-    writer = data.LeRobotDatasetWriter(out_dir, fps=10, features=features)
+    writer = dataset_writer.LeRobotDatasetWriter(out_dir, fps=10, features=features)
     for image, state in frames:
         for q, a in pusht_answers(state).items():
             writer.add_frame({'observation.image': image, 'observation.environment_state': state}, task=f'{q} {a}')

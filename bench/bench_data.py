@@ -1,6 +1,6 @@
 """
 Dataloader throughput on a PushT-sized dataset (25k frames, 96x96 RGB, state 2, action 2, chunk 16),
-written with data.LeRobotDatasetWriter into a temp dir (images-in-parquet and mp4 variants), versus
+written with dataset_writer.LeRobotDatasetWriter into a temp dir (images-in-parquet and mp4 variants), versus
 what a training step consumes. Target: the loader is >= 5x faster than training, so training never waits.
 
     python bench/bench_data.py                              # prints one table
@@ -19,6 +19,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
+import dataset_writer  # noqa: E402
 
 
 def write_synthetic(root, frames, use_videos, episode_len=125, seed=0):
@@ -29,7 +30,7 @@ def write_synthetic(root, frames, use_videos, episode_len=125, seed=0):
              "action": {"dtype": "float32", "shape": (2,), "names": None}}
     yy, xx = np.mgrid[0:96, 0:96]
     bg = np.stack([200 + 0 * xx, 200 + yy // 4, 210 - xx // 4], -1).astype(np.uint8)
-    w = data.LeRobotDatasetWriter(root, 10, feats, use_videos=use_videos)
+    w = dataset_writer.LeRobotDatasetWriter(root, 10, feats, use_videos=use_videos)
     t0, done = time.perf_counter(), 0
     while done < frames:
         n = min(episode_len, frames - done)

@@ -5,6 +5,7 @@ step (forward, backward, AdamW) on a synthetic batch, the way train_bc.py runs i
     python bench/bench_train.py                          # prints one table
     python bench/bench_train.py --save=bench/train_baseline.json
     python bench/bench_train.py --compare=bench/train_baseline.json
+    python bench/bench_train.py --heads=mlp --cnn_width=32 --vision_grid=4   # the wider vision encoder
 """
 import argparse
 import json
@@ -36,7 +37,8 @@ def bench_head(head, args):
     """Median seconds per optimizer step after warmup."""
     torch.manual_seed(0)
     cfg = ManipulationVLAConfig(action_head_type=head, proprioception_dim=2, action_dim=2,
-                                action_chunk_size=args.chunk, image_size=96, num_cameras=1)
+                                action_chunk_size=args.chunk, image_size=96, num_cameras=1,
+                                cnn_width=args.cnn_width, vision_grid=args.vision_grid)
     model = ManipulationVLA(cfg)
     stats = {'observation.state': {'mean': [256.0] * 2, 'std': [100.0] * 2, 'min': [0.0] * 2, 'max': [512.0] * 2},
              'action': {'mean': [256.0] * 2, 'std': [100.0] * 2, 'min': [0.0] * 2, 'max': [512.0] * 2}}
@@ -62,6 +64,8 @@ def main():
     p.add_argument('--heads', default=','.join(HEADS))
     p.add_argument('--batch_size', type=int, default=64)
     p.add_argument('--chunk', type=int, default=16)
+    p.add_argument('--cnn_width', type=int, default=16, help='the CNN\'s channels (w, w, 2w, 4w)')
+    p.add_argument('--vision_grid', type=int, default=3, help='CNN features pooled to grid x grid tokens')
     p.add_argument('--steps', type=int, default=10)
     p.add_argument('--warmup', type=int, default=3)
     p.add_argument('--threads', type=int, default=torch.get_num_threads())
@@ -71,7 +75,8 @@ def main():
     torch.set_num_threads(args.threads)
     baseline = json.load(open(args.compare)) if args.compare else {}
     results = {}
-    print(f"train step, batch {args.batch_size}, 96x96x1 camera, chunk {args.chunk}, {args.threads} threads")
+    print(f"train step, batch {args.batch_size}, 96x96x1 camera, chunk {args.chunk}, cnn width {args.cnn_width}, "
+          f"{args.vision_grid}x{args.vision_grid} token grid, {args.threads} threads")
     print(f"{'head':<12} {'params':>8} {'ms/step':>9} {'samples/s':>10}" + (f" {'baseline':>10} {'change':>8}" if baseline else ''))
     for head in args.heads.split(','):
         sec, n_params = bench_head(head, args)

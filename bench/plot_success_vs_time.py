@@ -17,10 +17,11 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def points(run, pause=None):
+def points(run, pauses=()):
     """-> [(iteration, minutes of training (train_time: evaluations left out), success, 'val' | 'test')] from
     run/log.jsonl; a test result only in run/eval.json (evaluated by eval.py) counts at the last iteration.
-    pause = (iteration, seconds): the run was stopped that long after that iteration; not training time.
+    pauses = [(iteration, seconds)]: the run was stopped that long up to that iteration; the stop is left out of
+    the training time of every later point.
     A resumed run (--resume=True) appends to the same log with its clock from 0: its time adds to what came before."""
     out, last, eval_seconds, offset, prev = [], None, 0.0, 0.0, (0.0, 0.0)
     for line in open(os.path.join(run, 'log.jsonl')):
@@ -29,7 +30,7 @@ def points(run, pause=None):
             offset, eval_seconds = offset + prev[1], 0.0
         eval_seconds = r['time'] - r['train_time'] if 'train_time' in r else eval_seconds  # so far
         prev = (r['time'], r['time'] - eval_seconds)
-        t = offset + prev[1] - (pause[1] if pause and r['iter'] > pause[0] else 0)
+        t = offset + prev[1] - sum(sec for it, sec in pauses if r['iter'] > it)
         last = (r['iter'], t / 60)
         for key, split in (('eval_success', 'val'), ('test_success', 'test')):
             if key in r:
@@ -45,13 +46,15 @@ def main():
     p.add_argument('--out', default='success_vs_time.png')
     p.add_argument('--reference', type=float, default=None)
     p.add_argument('--reference_label', default='reference')
-    p.add_argument('--pause', default='', help="ITER:SECONDS: a stop of the (first) run after ITER, not training time")
+    p.add_argument('--pause', default='', help="ITER:SECONDS[,ITER:SECONDS...][;...]: SECONDS of stops up to "
+                   "iteration ITER (not training time), per run in order, the runs separated by ';'")
     args = p.parse_args()
     fig, ax = plt.subplots(figsize=(7, 4))
     print(f"{'run':<28} {'iter':>7} {'minutes':>8} {'success':>8}  split")
-    pause = tuple(float(x) for x in args.pause.split(':')) if args.pause else None
+    groups = args.pause.split(';') if args.pause else []
     for i, run in enumerate(args.runs):
-        pts = points(run, pause if i == 0 else None)
+        pauses = [tuple(float(x) for x in p.split(':')) for p in groups[i].split(',') if p] if i < len(groups) else []
+        pts = points(run, pauses)
         for it, minutes, success, split in pts:
             print(f"{os.path.basename(run.rstrip('/')):<28} {it:>7} {minutes:>8.1f} {success:>8.3f}  {split}")
         ax.plot([m for _, m, _, _ in pts], [s for _, _, s, _ in pts], 'o-', label=os.path.basename(run.rstrip('/')))

@@ -3,14 +3,15 @@
 # made for a GPU machine with many CPU cores), each stopped by a wall-clock timeout (the last checkpoint, at a
 # multiple of 1000 iterations, is evaluated), then evaluate each on 50 validation seeds in 2 CPU processes.
 # usage: bash bench/sweep_pusht_human.sh ITERS TRAIN_TIMEOUT_S EVAL_EPISODES_PER_PROC DEVICE SET [DATASET]
-#   SET 1: heads / history / shifts / width;  SET 2: width-32 variants (shift 8, 4x4 token grid)
+#   SET 1: heads / history / shifts / width;  SET 2: width-32 variants (shift 8, 4x4 token grid);
+#   SET 4: width 32 / 4x4 grid again (seed 2), width 64, a 6x6 grid;  SET 3: how long to commit to a chunk (chunk 16 vs 32, each evaluated at several n_action_steps), head width, width 32
 # The figures in RESULTS.md: `bash bench/sweep_pusht_human.sh 12000 360 25 cuda 1 .gpu/pusht_human_v30` and
 # `... 8000 215 25 cuda 2 ...` on an H100 machine (16 cores), the dataset a copy of ../shared/datasets/pusht_human_v30.
 ITERS=${1:-10000}; TT=${2:-360}; EP=${3:-25}; DEV=${4:-cuda}; SET=${5:-1}; DATA=${6:-../shared/datasets/pusht_human_v30}
 OUT=${OUT:-/tmp/sweep_out}; mkdir -p $OUT/runs
 export PYTHONUNBUFFERED=1 MUJOCO_GL=egl SDL_VIDEODRIVER=dummy
 common="--task=pusht_human --dataset=$DATA --device=$DEV --max_iters=$ITERS --eval_interval=0 --final_eval_episodes=0 --ckpt_interval=1000 --log_interval=100"
-declare -A R
+declare -A R N  # N: the n_action_steps values to evaluate each recipe at ('' = the checkpoint's)
 if [ "$SET" = 1 ]; then
   R[A_mlp_n1_s0]="--action_head_type=mlp --n_obs_steps=1 --augment_shift=0"
   R[B_mlp_n1_s4]="--action_head_type=mlp --n_obs_steps=1 --augment_shift=4"
@@ -18,6 +19,17 @@ if [ "$SET" = 1 ]; then
   R[D_diff_n2_s4]="--action_head_type=diffusion --n_obs_steps=2 --augment_shift=4"
   R[E_mlp_n1_s4_w32]="--action_head_type=mlp --n_obs_steps=1 --augment_shift=4 --cnn_width=32"
   R[F_diff_n1_s4_w32]="--action_head_type=diffusion --n_obs_steps=1 --augment_shift=4 --cnn_width=32"
+elif [ "$SET" = 3 ]; then
+  R[B_c16]="--action_head_type=mlp --augment_shift=4";                                     N[B_c16]="8 12 16"
+  R[J_c32]="--action_head_type=mlp --augment_shift=4 --action_chunk_size=32 --n_action_steps=16"; N[J_c32]="16 24"
+  R[K_c32_w32g4]="--action_head_type=mlp --augment_shift=4 --action_chunk_size=32 --n_action_steps=16 --cnn_width=32 --vision_grid=4"; N[K_c32_w32g4]="16 24"
+  R[L_c16_w32g4]="--action_head_type=mlp --augment_shift=4 --cnn_width=32 --vision_grid=4";  N[L_c16_w32g4]="8 12"
+  R[M_c16_head1024]="--action_head_type=mlp --augment_shift=4 --head_hidden_dim=1024";       N[M_c16_head1024]="8 12"
+  R[P_c32_diff]="--action_head_type=diffusion --augment_shift=4 --action_chunk_size=32 --n_action_steps=16"; N[P_c32_diff]="16"
+elif [ "$SET" = 4 ]; then
+  R[L2_c16_w32g4_seed2]="--action_head_type=mlp --augment_shift=4 --cnn_width=32 --vision_grid=4 --seed=2"
+  R[Q_c16_w64g4]="--action_head_type=mlp --augment_shift=4 --cnn_width=64 --vision_grid=4"
+  R[R_c16_w32g6]="--action_head_type=mlp --augment_shift=4 --cnn_width=32 --vision_grid=6"
 else
   R[G_mlp_n1_s4_w32]="--action_head_type=mlp --n_obs_steps=1 --augment_shift=4 --cnn_width=32"
   R[H_mlp_n1_s8_w32]="--action_head_type=mlp --n_obs_steps=1 --augment_shift=8 --cnn_width=32"
@@ -32,21 +44,24 @@ echo "training done after $(( $(date +%s) - t0 )) s"
 for k in "${!R[@]}"; do
   tail -c 600 $OUT/runs/$k.train.log | tr '\r' '\n' | tail -3
   tail -1 $OUT/runs/$k/log.jsonl
-  for s in 0 1; do
-    OMP_NUM_THREADS=1 timeout 200 python3 eval.py --ckpt=$OUT/runs/$k --episodes=$EP --start_seed=$((100000 + s*EP)) --videos=0 --out=$OUT/runs/$k/val$s.json > $OUT/runs/$k.eval$s.log 2>&1 &
-  done
+  for n in ${N[$k]:-0}; do for s in 0 1; do
+    OMP_NUM_THREADS=1 timeout 200 python3 eval.py --ckpt=$OUT/runs/$k --episodes=$EP --start_seed=$((100000 + s*EP)) --videos=0 \
+      --n_action_steps=$n --out=$OUT/runs/$k/val_n${n}_$s.json > $OUT/runs/$k.eval_n${n}_$s.log 2>&1 &
+  done; done
 done
 wait
 echo "eval done after $(( $(date +%s) - t0 )) s"
 python3 - <<PY
 import json, glob, os
 for d in sorted(glob.glob("$OUT/runs/*/")):
-    ms = [json.load(open(f)) for f in sorted(glob.glob(d + "val*.json"))]
     log = [json.loads(l) for l in open(d + "log.jsonl")] if os.path.exists(d + "log.jsonl") else []
     last = [r for r in log if 'loss' in r][-1:] or [{}]
-    n = sum(m['n_episodes'] for m in ms)
-    succ = sum(m['success_rate'] * m['n_episodes'] for m in ms) / max(n, 1)
-    rew = sum(m['avg_max_reward'] * m['n_episodes'] for m in ms) / max(n, 1)
-    print(os.path.basename(d.rstrip('/')), 'iter', last[0].get('iter'), 'time', round(last[0].get('time', 0)), 'loss', last[0].get('loss'), 'episodes', n, 'success', round(succ, 3), 'maxrew', round(rew, 3))
+    for nas in sorted({f.split('_n')[-1].split('_')[0] for f in glob.glob(d + "val_n*.json")}, key=int):
+        ms = [json.load(open(f)) for f in sorted(glob.glob(d + f"val_n{nas}_*.json"))]
+        n = sum(m['n_episodes'] for m in ms)
+        succ = sum(m['success_rate'] * m['n_episodes'] for m in ms) / max(n, 1)
+        rew = sum(m['avg_max_reward'] * m['n_episodes'] for m in ms) / max(n, 1)
+        print(os.path.basename(d.rstrip('/')), 'n_action_steps', nas, 'iter', last[0].get('iter'), 'time', round(last[0].get('time', 0)),
+              'loss', last[0].get('loss'), 'episodes', n, 'success', round(succ, 3), 'maxrew', round(rew, 3))
 PY
 cd $OUT/runs && for k in "${!R[@]}"; do rm -f $k/training_state*; tar czf $OUT/$k.tgz $k $k.*.log; done; cd $OUT && rm -rf runs && ls -la

@@ -1,4 +1,4 @@
-"""Tests for data.py: LeRobot v3.0 write/read round trips, v2.1 reading, the real so101 dataset,
+"""Tests for data.py and dataset_writer.py: LeRobot v3.0 write/read round trips, v2.1 reading, the real so101 dataset,
 the hub path, every documented bad-input error, and the model-facing ManipulationDataset."""
 import json
 import shutil
@@ -14,6 +14,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import data  # noqa: E402
+import dataset_writer  # noqa: E402
 
 SO101 = Path(__file__).resolve().parents[1] / "../shared/datasets/so101_record_test_v30"
 H, W, FPS, TASKS = 16, 24, 10, ["push the T", "stack the cubes"]
@@ -42,7 +43,7 @@ def make_episodes(seed=0, lengths=LENGTHS):
 
 
 def write(root, episodes, use_videos=False):
-    w = data.LeRobotDatasetWriter(root, FPS, FEATURES, robot_type="sim", use_videos=use_videos)
+    w = dataset_writer.LeRobotDatasetWriter(root, FPS, FEATURES, robot_type="sim", use_videos=use_videos)
     for frames, task in episodes:
         for f in frames:
             w.add_frame(f, task)
@@ -159,7 +160,7 @@ def test_append_episodes_for_dagger(tmp_path, episodes):
     np.testing.assert_allclose(ds.meta.stats["action"]["std"], stacked(all_eps, "action").std(0), rtol=1e-6)
     assert ds.columns["index"].tolist() == list(range(len(ds)))
     with pytest.raises(ValueError, match="cannot append"):
-        data.LeRobotDatasetWriter(root, FPS + 1, FEATURES)
+        dataset_writer.LeRobotDatasetWriter(root, FPS + 1, FEATURES)
 
 
 def test_append_to_a_video_dataset_keeps_videos(tmp_path, episodes):
@@ -167,7 +168,7 @@ def test_append_to_a_video_dataset_keeps_videos(tmp_path, episodes):
     episodes must go to mp4 like the old ones, not turn the cameras into PNG columns (issue 18)."""
     root = write(tmp_path / "ds", episodes[:1], use_videos=True)
     meta = data.LeRobotDatasetMetadata(root)
-    w = data.LeRobotDatasetWriter(root, fps=meta.fps, features=meta.features)
+    w = dataset_writer.LeRobotDatasetWriter(root, fps=meta.fps, features=meta.features)
     more = make_episodes(seed=2, lengths=[4])
     for f in more[0][0]:
         w.add_frame(f, more[0][1])
@@ -208,7 +209,7 @@ def write_v21(root, episodes, first=0):
     eps_lines, stats_lines, start = [], [], 0
     for e, (frames, task) in enumerate(episodes, start=first):
         n = len(frames)
-        imgs = [data._encode_png(f["observation.image"]) for f in frames]
+        imgs = [dataset_writer._encode_png(f["observation.image"]) for f in frames]
         table = pa.table({
             "observation.image": pa.array([{"bytes": b, "path": f"frame_{i}.png"} for i, b in enumerate(imgs)]),
             "observation.state": [f["observation.state"].tolist() for f in frames],
@@ -226,7 +227,7 @@ def write_v21(root, episodes, first=0):
                 c.mux(s.encode(av.VideoFrame.from_ndarray(255 - f["observation.image"], format="rgb24")))
             c.mux(s.encode())
         eps_lines.append(json.dumps({"episode_index": e, "tasks": [task], "length": n}))
-        st = {k: {s: v.tolist() for s, v in data.compute_stats(np.stack([f[k] for f in frames])).items()}
+        st = {k: {s: v.tolist() for s, v in dataset_writer.compute_stats(np.stack([f[k] for f in frames])).items()}
               for k in ["observation.state", "action"]}
         stats_lines.append(json.dumps({"episode_index": e, "stats": st}))
         start += n
@@ -335,7 +336,7 @@ def test_errors_corrupt_files(tmp_path, png_root, video_root):
 
 
 def test_errors_nan(tmp_path, png_root, episodes):
-    w = data.LeRobotDatasetWriter(tmp_path / "w", FPS, FEATURES)
+    w = dataset_writer.LeRobotDatasetWriter(tmp_path / "w", FPS, FEATURES)
     bad = dict(episodes[0][0][0], action=np.array([np.nan, 0], np.float32))
     with pytest.raises(ValueError, match="action contains NaN"):
         w.add_frame(bad, "t")
@@ -353,7 +354,7 @@ def test_errors_nan(tmp_path, png_root, episodes):
 
 
 def test_errors_writer_inputs(tmp_path, episodes):
-    w = data.LeRobotDatasetWriter(tmp_path / "w", FPS, FEATURES)
+    w = dataset_writer.LeRobotDatasetWriter(tmp_path / "w", FPS, FEATURES)
     with pytest.raises(KeyError, match="missing"):
         w.add_frame({"action": np.zeros(2, np.float32)}, "t")
     with pytest.raises(ValueError, match="expected uint8"):
@@ -361,7 +362,7 @@ def test_errors_writer_inputs(tmp_path, episodes):
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk/file.txt").write_text("x")
     with pytest.raises(FileExistsError):
-        data.LeRobotDatasetWriter(tmp_path / "junk", FPS, FEATURES)
+        dataset_writer.LeRobotDatasetWriter(tmp_path / "junk", FPS, FEATURES)
 
 
 # ----------------------------------------------------------------------------- model-facing
@@ -413,7 +414,7 @@ def test_augmented_loader_and_frame_to_model_input(png_root, episodes):
 
 def test_depth_feature_round_trip(tmp_path, episodes):
     feats = FEATURES | {"observation.depth": {"dtype": "float32", "shape": (H, W, 1), "names": None}}
-    w = data.LeRobotDatasetWriter(tmp_path / "d", FPS, feats)
+    w = dataset_writer.LeRobotDatasetWriter(tmp_path / "d", FPS, feats)
     depth = np.random.default_rng(0).uniform(0.1, 2.0, size=(6, H, W, 1)).astype(np.float32)
     for f, d in zip(episodes[0][0], depth):
         w.add_frame(dict(f, **{"observation.depth": d}), TASKS[0])

@@ -126,10 +126,10 @@ def test_dagger_labels_learner_states_with_the_expert_and_resumes(bc_checkpoints
     from eval import load_policy
     root, ds, ckpts = bc_checkpoints
     out = str(root / 'dagger')
-    args = ['--task=pusht', f'--init_from={ckpts["mlp"]}', f'--out_dir={out}', '--dagger_iters=1',
-            '--episodes_per_iter=1', '--max_steps=12', '--beta=0.0', '--train_iters=2', '--eval_episodes=0',
+    args = ['--task=pusht', f'--init_from={ckpts["mlp"]}', f'--out_dir={out}', '--episodes_per_iter=1',
+            '--max_steps=12', '--beta=0.0', '--train_iters=2', '--eval_episodes=0',
             "--train_args=--batch_size=8 --warmup_iters=1"]
-    run('train_dagger.py', args)
+    run('train_dagger.py', args + ['--dagger_iters=1', '--num_workers=2'])  # labelled in a spawned worker
     before = data.LeRobotDataset(ds, camera_keys=[])
     after = data.LeRobotDataset(os.path.join(out, 'data_iter0'), camera_keys=[])
     new_rows = len(after) - len(before)
@@ -142,24 +142,40 @@ def test_dagger_labels_learner_states_with_the_expert_and_resumes(bc_checkpoints
     obs, _ = env.reset(seed=50_000)
     expert.reset()
     learner.reset()
-    differs = 0
-    for t in range(new_rows):
-        frame = envs.obs_to_frame('pusht', obs)
-        assert np.allclose(frame['observation.state'], states[t], atol=1e-4)
-        label = expert.get_action(env)
-        act = learner(frame)
-        assert np.allclose(labels[t], label, atol=1e-3), f"step {t}: label {labels[t]} is not the expert's {label}"
-        differs += not np.allclose(labels[t], act, atol=1.0)
-        obs, *_ = env.step(act)
+    differs, threads = 0, torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the workers: the learner's actions, and so the states, bit for bit
+    try:
+        for t in range(new_rows):
+            frame = envs.obs_to_frame('pusht', obs)
+            assert np.allclose(frame['observation.state'], states[t], atol=1e-4)
+            label = expert.get_action(env)
+            act = learner(frame)
+            assert np.allclose(labels[t], label, atol=1e-3), f"step {t}: label {labels[t]} is not the expert's {label}"
+            differs += not np.allclose(labels[t], act, atol=1.0)
+            obs, *_ = env.step(act)
+    finally:
+        torch.set_num_threads(threads)
     assert differs > new_rows // 2  # the labels are not the learner's own actions
     state = json.load(open(os.path.join(out, 'dagger_state.json')))
     assert state['done'] == 0 and state['history'][-1]['labels'] == len(after)
     # resume: one more round on top of data_iter0, fine-tuning iter0
-    run('train_dagger.py', args[:4] + ['--dagger_iters=2', '--resume=True'] + args[5:])
+    run('train_dagger.py', args + ['--dagger_iters=2', '--resume=True'])  # in this process (num_workers=1)
     state = json.load(open(os.path.join(out, 'dagger_state.json')))
     assert state['done'] == 1 and state['history'][-1]['labels'] > len(after)
+    assert state['history'][-1]['new_labels'] >= 1 and state['history'][-1]['label_seconds'] > 0
     assert os.path.exists(os.path.join(out, 'iter1', 'model.safetensors'))
     check_checkpoint_runs(os.path.join(out, 'iter1'))  # a DAgger round's checkpoint is the one format
+
+
+def test_dagger_refuses_a_multi_task_checkpoint_by_name(tmp_path):
+    """DAgger retrains one task with its train_bc.py recipe: a multi-task checkpoint is refused up front, naming
+    its tasks (read from config.json, no weights loaded), instead of failing later on a missing recipe."""
+    ckpt = tmp_path / 'mt'
+    ckpt.mkdir()
+    tasks = [dict(task=t, instruction=f'do {t}') for t in ('pusht', 'lift')]
+    (ckpt / 'config.json').write_text(json.dumps(dict(policy=dict(tasks=tasks, n_action_steps=8))))
+    r = run('train_dagger.py', ['--task=pusht', f'--init_from={ckpt}', f'--out_dir={tmp_path / "d"}'], check=False)
+    assert r.returncode != 0 and 'serves 2 tasks (pusht, lift)' in r.stderr and 'not implemented' in r.stderr
 
 
 def test_gail_state_mode_runs_and_resumes(tmp_path):

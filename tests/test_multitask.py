@@ -69,7 +69,7 @@ def test_tiny_three_task_run_samples_resumes_and_evaluates(demos, tmp_path):
     seen = log(out)[-1]['samples_seen']
     assert sum(seen.values()) == 40 * 16
     assert abs(seen['pusht'] / 640 - 0.75) < 0.06, seen  # binomial sd 0.017: 3.5 sd
-    run(common + ['--max_iters=50', '--resume=True', '--eval_episodes=1'])
+    run(common + ['--max_iters=50', '--resume=True', '--eval_episodes=1', '--eval_max_steps=20'])
     records = log(out)
     assert records[-1]['iter'] == 50 and sum(records[-1]['samples_seen'].values()) == 50 * 16
     results = json.load(open(os.path.join(out, 'eval.json')))
@@ -103,12 +103,12 @@ GOALS = {'move the pusher to the left side': (130.0, 300.0), 'move the pusher to
 
 def record_goal_demos(root, instruction, goal, seeds):
     """PushT frames of an agent driven straight to a goal point (the action IS the goal: a position target)."""
-    import data
+    import dataset_writer
     spec = envs.TASKS['pusht']
     features = {'observation.image': {'dtype': 'image', 'shape': [96, 96, 3], 'names': ['height', 'width', 'channels']},
                 'observation.state': {'dtype': 'float32', 'shape': [2], 'names': ['x', 'y']},
                 'action': {'dtype': 'float32', 'shape': [2], 'names': ['x', 'y']}}
-    writer = data.LeRobotDatasetWriter(root, fps=10, features=features)
+    writer = dataset_writer.LeRobotDatasetWriter(root, fps=10, features=features)
     env = envs.make_env('pusht')
     for seed in seeds:
         obs, _ = env.reset(seed=seed)

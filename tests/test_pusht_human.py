@@ -16,6 +16,7 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 import data  # noqa: E402
+import dataset_writer  # noqa: E402
 import envs  # noqa: E402
 from conftest import check_checkpoint_runs  # noqa: E402
 from deploy import ExportedPolicy, export_policy, load_exported, load_policy  # noqa: E402
@@ -61,7 +62,7 @@ def write_dataset(root, episodes=2, length=6, text=TEXT, size=96):
     """Episodes whose frame t has image value 10 t + episode and state (t, episode): easy to trace."""
     feats = json.loads(json.dumps(FEATURES))
     feats["observation.image"]["shape"] = [size, size, 3]
-    with data.LeRobotDatasetWriter(root, fps=10, features=feats) as w:
+    with dataset_writer.LeRobotDatasetWriter(root, fps=10, features=feats) as w:
         for e in range(episodes):
             for t in range(length):
                 w.add_frame({"observation.image": np.full((size, size, 3), 10 * t + e, np.uint8),
@@ -197,8 +198,8 @@ def test_human_slice_trains_evaluates_and_deploys(tmp_path):
     r = subprocess.run([sys.executable, "train_bc.py", "--task=pusht_human", f"--dataset={HUMAN}",
                         "--train_episodes=[0, 1]", f"--out_dir={out}", "--max_iters=4", "--batch_size=8",
                         "--warmup_iters=1", "--log_interval=1", "--eval_interval=2", "--eval_episodes=1",
-                        "--final_eval_episodes=1", "--ckpt_interval=4", "--hidden_size=32", "--num_heads=2",
-                        "--cnn_width=8", "--action_head_type=diffusion", "--n_obs_steps=2",
+                        "--final_eval_episodes=1", "--eval_max_steps=20", "--ckpt_interval=4", "--hidden_size=32",
+                        "--num_heads=2", "--cnn_width=8", "--action_head_type=diffusion", "--n_obs_steps=2",
                         "--diffusion_inference_steps=2"],
                        cwd=REPO, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
