@@ -111,7 +111,7 @@ def _episodes(task, seeds, num_workers, expert_kw):
     return _imap("_episode_worker", [(task, s, expert_kw) for s in seeds], num_workers)
 
 
-_POLICIES = {}  # checkpoint folder -> loaded policy, once per (worker) process
+_POLICY = {}  # checkpoint folder -> its loaded policy: the current round's only, loaded once per (worker) process
 
 
 def _dagger_worker(args):
@@ -124,15 +124,16 @@ def _dagger_worker(args):
     from deploy import load_policy
     if threads:
         torch.set_num_threads(threads)
-    if ckpt not in _POLICIES:
-        _POLICIES[ckpt] = load_policy(ckpt)[1]
-    policy, expert, env = _POLICIES[ckpt], make_expert(task), make_env(task)
+    if ckpt not in _POLICY:  # a new round's checkpoint replaces the last one
+        _POLICY.clear()
+        _POLICY[ckpt] = load_policy(ckpt)[1]
+    policy, expert, env = _POLICY[ckpt], make_expert(task), make_env(task)
     rng = np.random.default_rng(rng_seed)
-    obs, info = env.reset(seed=seed)
+    obs, _ = env.reset(seed=seed)
     policy.reset()
     expert.reset()
     frames, labels, expert_steps, success = [], [], 0, False
-    for t in range(max_steps):
+    for _ in range(max_steps):
         frame = obs_to_frame(task, obs)
         label = np.asarray(expert.get_action(env), np.float32)  # what the expert would do HERE
         learner = np.asarray(policy(frame), np.float32)  # the learner keeps its own chunk queue

@@ -67,7 +67,8 @@ if not 0.0 <= beta <= 1.0 or not 0.0 <= beta_decay <= 1.0:
     raise SystemExit(f"beta={beta} and beta_decay={beta_decay} must be probabilities in [0, 1]")
 ckpt_tasks = read_json(os.path.join(init_from, 'config.json')).get('policy', {}).get('tasks') or []  # no weights loaded
 if len(ckpt_tasks) != 1:
-    raise SystemExit(f"{init_from} serves {len(ckpt_tasks)} tasks ({', '.join(t['task'] for t in ckpt_tasks) or 'none stored'}): "
+    names = ', '.join(t['task'] for t in ckpt_tasks) or 'none stored'
+    raise SystemExit(f"{init_from} serves {len(ckpt_tasks)} tasks ({names}): "
                      f"DAgger retrains ONE task with its train_bc.py recipe; DAgger into a multi-task policy's "
                      f"datasets is not implemented (train a single-task policy: python train_bc.py --task={task})")
 instruction = ckpt_tasks[0]['instruction']  # the BC policy's text (config.json) labels the new frames too
@@ -170,7 +171,8 @@ for i in range(state['done'] + 1, dagger_iters):
     state.update(done=i, ckpt=round_dir, dataset=new_path)
     state['history'].append(dict(round=i, labels=labels, ckpt=round_dir, beta=beta_i, rollout_success=rollout_success,
                                  expert_fraction=float(np.mean([e['expert_fraction'] for e in eps])),
-                                 label_seconds=label_seconds, new_labels=new_labels, test_success=test_success, test_max_reward=test_max_reward, minutes=(time.time() - t_start) / 60))
+                                 label_seconds=label_seconds, new_labels=new_labels, test_success=test_success,
+                                 test_max_reward=test_max_reward, minutes=(time.time() - t_start) / 60))
     train_common.write_json(state_path, state)
     print(f"round {i}: test success {test_success} over {eval_episodes} held-out episodes")
 
