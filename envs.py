@@ -126,7 +126,7 @@ def _dagger_worker(args):
         torch.set_num_threads(threads)
     if ckpt not in _POLICY:  # a new round's checkpoint replaces the last one
         _POLICY.clear()
-        _POLICY[ckpt] = load_policy(ckpt)[1]
+        _POLICY[ckpt] = load_policy(ckpt, task=task)[1]  # a multi-task policy: its entry for this task
     policy, expert, env = _POLICY[ckpt], make_expert(task), make_env(task)
     rng = np.random.default_rng(rng_seed)
     obs, _ = env.reset(seed=seed)

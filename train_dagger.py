@@ -4,6 +4,7 @@ and Structured Prediction to No-Regret Online Learning").
 
     python train_dagger.py --task=pusht --init_from=out/pusht
     python train_dagger.py --task=pusht --init_from=out/pusht --num_workers=2   # label in 2 processes
+    python train_dagger.py --task=pusht --init_from=out/multitask   # one task of a train_multitask.py policy
 
 Behavior cloning trains only on states the expert visits; at test time the learner's small
 errors take it to states nobody demonstrated, where its errors grow (compounding error,
@@ -35,7 +36,7 @@ from tqdm import tqdm
 # -----------------------------------------------------------------------------
 # default config values
 task = 'pusht'
-init_from = 'out/pusht'  # BC checkpoint folder written by train_bc.py (its train_config.json: the recipe and dataset)
+init_from = 'out/pusht'  # checkpoint of train_bc.py or train_multitask.py (its train_config.json: recipe and data)
 out_dir = 'out/pusht_dagger'
 dagger_iters = 4  # rounds of roll out -> label -> aggregate -> retrain
 episodes_per_iter = 10  # learner rollouts labelled by the expert per round
@@ -65,22 +66,23 @@ if retrain not in ('finetune', 'scratch'):
     raise SystemExit(f"retrain must be 'finetune' or 'scratch', got {retrain!r}")
 if not 0.0 <= beta <= 1.0 or not 0.0 <= beta_decay <= 1.0:
     raise SystemExit(f"beta={beta} and beta_decay={beta_decay} must be probabilities in [0, 1]")
-ckpt_tasks = read_json(os.path.join(init_from, 'config.json')).get('policy', {}).get('tasks') or []  # no weights loaded
-if len(ckpt_tasks) != 1:
-    names = ', '.join(t['task'] for t in ckpt_tasks) or 'none stored'
-    raise SystemExit(f"{init_from} serves {len(ckpt_tasks)} tasks ({names}): "
-                     f"DAgger retrains ONE task with its train_bc.py recipe; DAgger into a multi-task policy's "
-                     f"datasets is not implemented (train a single-task policy: python train_bc.py --task={task})")
-instruction = ckpt_tasks[0]['instruction']  # the BC policy's text (config.json) labels the new frames too
+stored = read_json(os.path.join(init_from, 'config.json')).get('policy', {}).get('tasks') or []  # no weights loaded
+ckpt_tasks = [t['task'] for t in stored]
+if ckpt_tasks.count(task) != 1:
+    raise SystemExit(f"{init_from} serves {', '.join(ckpt_tasks) or 'no stored tasks'}: pass --task=<one of them> "
+                     f"(DAgger aggregates labels into that task's dataset)")
+multi = len(ckpt_tasks) > 1  # a train_multitask.py policy: retrain it on every task's data, one task's aggregated
+k = ckpt_tasks.index(task)
+instruction = stored[k]['instruction']  # the policy's text for this task labels the new frames too
 cfg_path = os.path.join(init_from, 'train_config.json')
 if not os.path.exists(cfg_path):
-    raise SystemExit(f"{cfg_path} not found: DAgger retrains with a train_bc.py recipe, so --init_from takes a "
-                     f"checkpoint of train_bc.py, its best/, a DAgger round or train_gail.py --obs_mode=pixels "
-                     f"(train one first: python train_bc.py --task={task})")
+    raise SystemExit(f"{cfg_path} not found: DAgger retrains with the recipe that trained the policy, so --init_from "
+                     f"takes a checkpoint of train_bc.py or train_multitask.py, their best/, a DAgger round or "
+                     f"train_gail.py --obs_mode=pixels (train one first: python train_bc.py --task={task})")
 with open(cfg_path) as f:
     bc_config = json.load(f)
-if bc_config['task'] != task:
-    raise SystemExit(f"--init_from={init_from} was trained on task {bc_config['task']!r}, not {task!r}")
+if (bc_config['tasks'] if multi else [bc_config['task']]) != ckpt_tasks:
+    raise SystemExit(f"{cfg_path} does not match {init_from}/config.json's tasks {ckpt_tasks}: the folder was edited")
 spec = envs.TASKS[task]
 max_steps = max_steps or spec['max_steps']
 if rollout_seed + dagger_iters * episodes_per_iter > envs.VAL_SEED:
@@ -94,32 +96,47 @@ def beta_at(i):
 
 
 def train_round(i, dataset_path, prev_ckpt):
-    """Retrain with train_bc.py in a subprocess (same loop, DDP and checkpoints as BC) and the BC run's WHOLE
-    configuration (written out as a config file; only data, output, length, seed and evaluation differ);
-    -> its eval.json."""
+    """Retrain in a subprocess with the script that trained the policy (train_bc.py, or train_multitask.py for a
+    multi-task policy, whose other tasks keep their datasets) and its WHOLE configuration (written out as a config
+    file; only data, output, length, seed and evaluation differ); -> this task's metrics of its eval.json."""
     round_dir = os.path.join(out_dir, f'iter{i}')
     os.makedirs(round_dir, exist_ok=True)
-    derived = ('dataset_path', 'num_frames')  # facts about the BC run's data, not settings
+    derived = ('dataset_path', 'dataset_paths', 'num_frames')  # facts about the BC run's data, not settings
     bc_file = os.path.join(round_dir, 'bc_config.py')
     with open(bc_file, 'w') as f:
-        f.write(f"# the configuration of the BC run {init_from} (its train_config.json)\n")
-        f.writelines(f"{k} = {v!r}\n" for k, v in bc_config.items() if k not in derived)
-    cmd = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), 'train_bc.py'), bc_file,
-           f"--dataset={dataset_path}", f"--out_dir={round_dir}", f"--max_iters={train_iters}", "--resume=False",
-           f"--final_eval_episodes={eval_episodes}", "--eval_interval=0", f"--seed={seed + i}", "--init_from="]
-    if retrain == 'finetune':
-        cmd.append(f"--init_from={prev_ckpt}")
+        f.write(f"# the configuration of the run that trained {init_from} (its train_config.json)\n")
+        f.writelines(f"{key} = {v!r}\n" for key, v in bc_config.items() if key not in derived)
+    here = os.path.dirname(os.path.abspath(__file__))
+    if multi:
+        paths = [dataset_path if j == k else p for j, p in enumerate(bc_config['dataset_paths'])]
+        cmd = [sys.executable, os.path.join(here, 'train_multitask.py'), bc_file, f"--datasets={paths!r}",
+               f"--eval_episodes={eval_episodes}"]
+    else:
+        cmd = [sys.executable, os.path.join(here, 'train_bc.py'), bc_file, f"--dataset={dataset_path}",
+               f"--final_eval_episodes={eval_episodes}"]
+    cmd += [f"--out_dir={round_dir}", f"--max_iters={train_iters}", "--resume=False", "--eval_interval=0",
+            f"--seed={seed + i}", f"--init_from={prev_ckpt if retrain == 'finetune' else ''}"]
     cmd += train_args.split()
     print(' '.join(cmd), flush=True)
     subprocess.run(cmd, check=True)
-    eval_path = os.path.join(round_dir, 'eval.json')
-    return round_dir, (json.load(open(eval_path)) if eval_episodes > 0 else None)
+    return round_dir, (task_metrics(round_dir) if eval_episodes > 0 else None)
+
+
+def task_metrics(run_dir):
+    """This task's held-out metrics from a run's eval.json ({} if it has none); train_multitask.py's holds one
+    entry per task."""
+    path = os.path.join(run_dir, 'eval.json')
+    if not os.path.exists(path):
+        return {}
+    m = json.load(open(path))
+    return m[task] if multi else m
 
 
 # -----------------------------------------------------------------------------
 # state: which rounds are done; the aggregated dataset of round i is data_iter<i>
 state_path = os.path.join(out_dir, 'dagger_state.json')
-state = dict(done=-1, ckpt=init_from, dataset=bc_config['dataset_path'], history=[])
+state = dict(done=-1, ckpt=init_from, dataset=bc_config['dataset_paths'][k] if multi else bc_config['dataset_path'],
+             history=[])
 if resume:
     if not os.path.exists(state_path):
         raise SystemExit(f"--resume=True but {state_path} does not exist")
@@ -129,8 +146,7 @@ elif os.path.exists(state_path):
     raise SystemExit(f"{out_dir} already holds a DAgger run: pass --resume=True or a new --out_dir")
 if state['done'] < 0:
     base = data.LeRobotDataset(state['dataset'], camera_keys=[])
-    bc_eval = os.path.join(init_from, 'eval.json')  # train_bc.py's final held-out evaluation, if it ran
-    bc_metrics = json.load(open(bc_eval)) if os.path.exists(bc_eval) else {}
+    bc_metrics = task_metrics(init_from)  # the BC run's final held-out evaluation, if it ran
     state['history'].append(dict(round=-1, labels=base.meta.total_frames, ckpt=init_from, beta=None,
                                  test_success=bc_metrics.get('success_rate'),
                                  test_max_reward=bc_metrics.get('avg_max_reward')))

@@ -5,6 +5,7 @@ instruction which task to do (the recipe of RT-1, Brohan et al. 2022, and Octo, 
     python train_multitask.py                                  # lift + pusht + aloha_transfer_cube on one CPU
     python train_multitask.py --task_weights="[0.2, 0.4, 0.4]" --curriculum=True
     python train_multitask.py --multi_head=True                # a separate action head per task
+    python train_dagger.py --task=pusht --init_from=out/multitask   # DAgger on one task (rounds use --init_from)
     torchrun --standalone --nproc_per_node=4 train_multitask.py --device=cuda --mixed_precision=bf16
 
 Different robots disagree on everything but the camera: PushT's action is a 2-D target (pixels),
@@ -43,6 +44,7 @@ curriculum = False
 curriculum_interval = 2000  # iterations between admitting the next task (curriculum=True)
 multi_head = False  # one action head per task on the shared backbone (True) or one shared head (False)
 out_dir = 'out/multitask'
+init_from = ''  # a multi-task checkpoint folder: fine-tune it (architecture, weights, per-task statistics); DAgger does
 image_size = 96  # every camera is resized to this
 log_interval = 25
 eval_interval = 0  # iterations between per-task evaluations on validation seeds, kept in best/ (0 = only at the end)
@@ -190,9 +192,18 @@ model_config = ManipulationVLAConfig(**{k: v for k, v in config.items()
                                         if k in ManipulationVLAConfig.__dataclass_fields__ and k not in DATASET_FIELDS},
                                      image_size=image_size, num_cameras=1, proprioception_dim=S, action_dim=A,
                                      num_tasks=len(tasks))
-model = ManipulationVLA(model_config)
-for i, d in enumerate(task_data):
-    model.set_normalization_stats({'action': d['stats']['action'], 'observation.state': d['stats'][d['state_key']]}, i)
+if init_from:  # fine-tune: architecture, weights and per-task statistics come from the checkpoint (as train_bc.py)
+    model = ManipulationVLA.from_pretrained(init_from)
+    stored = [t['task'] for t in model.policy_info.get('tasks', [])]
+    if stored != list(tasks) or model.config.image_hw != (image_size, image_size):
+        raise SystemExit(f"{init_from} serves tasks {stored} at {model.config.image_hw} frames: fine-tune it with "
+                         f"--tasks={stored} --image_size={model.config.image_size}")
+    model_config = model.config
+    print0(f"initialized from {init_from}; its config wins over model keys given here")
+else:
+    model = ManipulationVLA(model_config)
+    for i, d in enumerate(task_data):
+        model.set_normalization_stats({'action': d['stats']['action'], 'observation.state': d['stats'][d['state_key']]}, i)
 model.policy_info = dict(tasks=[{k: d[k] for k in ('task', 'instruction', 'instructions', 'state_key', 'action_dim',
                                                    'state_dim')} | dict(image_keys=[d['image_key']]) for d in task_data],
                          n_action_steps=n_action_steps, temporal_ensemble_coeff=None)
@@ -202,8 +213,11 @@ ema_model = copy.deepcopy(model).requires_grad_(False) if ema_decay > 0 else Non
 eval_model = ema_model or model
 optimizer = train_common.adamw(model, learning_rate, weight_decay, betas, fused=device_type == 'cuda')
 scaler = torch.amp.GradScaler(device_type, enabled=mixed_precision == 'fp16' and device_type == 'cuda')
+if master_process:  # the recipe and the data it read: DAgger retrains with it (train_dagger.py)
+    train_common.write_json(os.path.join(out_dir, 'train_config.json'),
+                            dict(config, dataset_paths=[d['path'] for d in task_data]))
 print0(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, action_dim {A}, state_dim {S}, "
-       f"{'one head per task' if multi_head else 'one shared head'} ({action_head_type})")
+       f"{'one head per task' if model_config.multi_head else 'one shared head'} ({model_config.action_head_type})")
 
 # -----------------------------------------------------------------------------
 # checkpoints: out_dir holds the EMA policy (model.safetensors + config.json, what eval.py / deploy.py read)
@@ -245,7 +259,7 @@ if resume:
     print0(f"resumed from {out_dir} at iteration {iter_num}")
 loss_module = MultiTaskLoss(torch.compile(model) if compile else model)
 train_module = DDP(loss_module, device_ids=[int(device.split(':')[1])] if device_type == 'cuda' else None,
-                   find_unused_parameters=multi_head or curriculum) if ddp else loss_module
+                   find_unused_parameters=model_config.multi_head or curriculum) if ddp else loss_module
 
 
 def evaluate(n_episodes, start_seed):
@@ -306,7 +320,8 @@ for it in pbar:
         pbar.write(f"iter {step}: validation success (mean over tasks) {success:.2f}")
         if success > best_success:
             best_success = success
-            eval_model.save_pretrained(os.path.join(out_dir, 'best'))
+            eval_model.save_pretrained(os.path.join(out_dir, 'best'))  # + the recipe, for DAgger's --init_from
+            shutil.copyfile(os.path.join(out_dir, 'train_config.json'), os.path.join(out_dir, 'best', 'train_config.json'))
     if master_process and (step % ckpt_interval == 0 or step == max_iters):
         save_training_state(step, best_success)
 pbar.close()

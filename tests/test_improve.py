@@ -167,15 +167,15 @@ def test_dagger_labels_learner_states_with_the_expert_and_resumes(bc_checkpoints
     check_checkpoint_runs(os.path.join(out, 'iter1'))  # a DAgger round's checkpoint is the one format
 
 
-def test_dagger_refuses_a_multi_task_checkpoint_by_name(tmp_path):
-    """DAgger retrains one task with its train_bc.py recipe: a multi-task checkpoint is refused up front, naming
-    its tasks (read from config.json, no weights loaded), instead of failing later on a missing recipe."""
+def test_dagger_names_the_tasks_of_a_checkpoint_without_the_task(tmp_path):
+    """--task must be one of the checkpoint's tasks: refused up front, naming them (read from config.json, no
+    weights loaded), instead of failing later on a missing recipe."""
     ckpt = tmp_path / 'mt'
     ckpt.mkdir()
-    tasks = [dict(task=t, instruction=f'do {t}') for t in ('pusht', 'lift')]
+    tasks = [dict(task=t, instruction=f'do {t}') for t in ('aloha_insertion', 'lift')]
     (ckpt / 'config.json').write_text(json.dumps(dict(policy=dict(tasks=tasks, n_action_steps=8))))
     r = run('train_dagger.py', ['--task=pusht', f'--init_from={ckpt}', f'--out_dir={tmp_path / "d"}'], check=False)
-    assert r.returncode != 0 and 'serves 2 tasks (pusht, lift)' in r.stderr and 'not implemented' in r.stderr
+    assert r.returncode != 0 and 'serves aloha_insertion, lift: pass --task=<one of them>' in r.stderr
 
 
 def test_gail_state_mode_runs_and_resumes(tmp_path):

@@ -61,15 +61,22 @@ def test_padded_action_dims_do_not_count():
     torch.testing.assert_close(masked_mean((pred - target).abs(), mask), expected)
 
 
-def test_tiny_three_task_run_samples_resumes_and_evaluates(demos, tmp_path):
-    """Weighted sampling, then resume, then a per-task evaluation in each task's own simulator."""
-    out = str(tmp_path / 'mt')
+@pytest.fixture(scope='module')
+def three_task_run(demos, tmp_path_factory):
+    """Weighted sampling for 40 iterations, then resume to 50 and a per-task evaluation -> the run's folder."""
+    out = str(tmp_path_factory.mktemp('mt_run') / 'mt')
     common = [f'--datasets={demos}', f'--out_dir={out}', '--task_weights=[0.15, 0.75, 0.1]'] + TINY
     run(common + ['--max_iters=40', '--eval_episodes=0'])
     seen = log(out)[-1]['samples_seen']
+    run(common + ['--max_iters=50', '--resume=True', '--eval_episodes=1', '--eval_max_steps=20'])
+    return out, seen
+
+
+def test_tiny_three_task_run_samples_resumes_and_evaluates(three_task_run):
+    """Weighted sampling, then resume, then a per-task evaluation in each task's own simulator."""
+    out, seen = three_task_run
     assert sum(seen.values()) == 40 * 16
     assert abs(seen['pusht'] / 640 - 0.75) < 0.06, seen  # binomial sd 0.017: 3.5 sd
-    run(common + ['--max_iters=50', '--resume=True', '--eval_episodes=1', '--eval_max_steps=20'])
     records = log(out)
     assert records[-1]['iter'] == 50 and sum(records[-1]['samples_seen'].values()) == 50 * 16
     results = json.load(open(os.path.join(out, 'eval.json')))
@@ -77,6 +84,29 @@ def test_tiny_three_task_run_samples_resumes_and_evaluates(demos, tmp_path):
     assert all(r['n_episodes'] == 1 for r in results.values())
     assert 0 <= results['aloha_transfer_cube']['avg_max_reward'] <= 4
     check_checkpoint_runs(out, task='lift')  # the multi-task checkpoint, one of its tasks (4 of 14 action dims)
+
+
+def test_dagger_aggregates_one_task_of_a_multi_task_policy(demos, three_task_run, tmp_path):
+    """DAgger on the multi-task checkpoint: PushT rollouts of ITS PushT entry, labelled by the expert, grow PushT's
+    dataset only; the round retrains with train_multitask.py's recipe from the checkpoint, the other tasks on
+    their own data, and writes the one checkpoint format."""
+    import data
+    ckpt, out = three_task_run[0], str(tmp_path / 'dagger')
+    r = subprocess.run([sys.executable, 'train_dagger.py', '--task=pusht', f'--init_from={ckpt}', f'--out_dir={out}',
+                        '--dagger_iters=1', '--episodes_per_iter=1', '--max_steps=10', '--train_iters=5',
+                        '--eval_episodes=1', '--train_args=--eval_max_steps=5'],
+                       cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    aggregate = os.path.join(out, 'data_iter0')
+    before, after = (data.LeRobotDatasetMetadata(p).total_frames for p in (demos[1], aggregate))
+    assert after == before + 10  # one failing 10-step rollout: 10 expert labels
+    recipe = json.load(open(os.path.join(out, 'iter0', 'train_config.json')))
+    assert recipe['dataset_paths'] == [demos[0], aggregate, demos[2]] and recipe['init_from'] == ckpt
+    assert recipe['max_iters'] == 5 and recipe['task_weights'] == [0.15, 0.75, 0.1]  # the rest of the recipe kept
+    state = json.load(open(os.path.join(out, 'dagger_state.json')))
+    pusht_eval = json.load(open(os.path.join(out, 'iter0', 'eval.json')))['pusht']
+    assert state['history'][-1]['test_max_reward'] == pusht_eval['avg_max_reward']
+    check_checkpoint_runs(os.path.join(out, 'iter0'), task='pusht')
 
 
 def test_curriculum_admits_tasks_in_order_with_a_head_per_task(demos, tmp_path):
