@@ -22,6 +22,9 @@ train_bc.py --init_from loads it; its action head and readouts are untrained, BC
 Data: a LeRobot v3.0 dataset, one EPISODE per rendered frame and one ROW per question about it: the row's task
 text is "question? answer" (split at the first '? '), 'observation.image' the frame (repeated per question) and
 'observation.environment_state' float32 (8,) = agent xy, block xy angle, goal xy angle: the answers' truth.
+With internet, --dataset=<hub id> takes an image-text dataset in the same layout from the hub (data.py downloads
+it into the hub cache); a row whose text has no '? ' is a caption, the answer to caption_prompt. Held-out accuracy
+is still measured on PushT frames (resized to the dataset's frame size): what the simulator can check.
 """
 import json
 import os
@@ -40,7 +43,9 @@ import torch.nn.functional as F
 # I/O
 task = 'pusht'  # only 'pusht' has a VQA generator
 out_dir = 'out/vlm_pusht'
-dataset = ''  # VQA LeRobot dataset folder; '' = data/vqa_<task>_<vqa_frames>; recorded there if missing
+dataset = ''  # VQA or caption LeRobot dataset: a folder or hub id; '' = data/vqa_<task>_<vqa_frames>, recorded if missing
+image_key = 'observation.image'  # the dataset's camera
+caption_prompt = 'what does the image show?'  # the question of a row whose text is a caption (no '? ' in it)
 vqa_frames = 2000  # frames to render when recording (8 per expert rollout, seeds 0..; ~5 min): 4 questions each
 eval_frames = 200  # held-out frames for answer accuracy, rendered in memory from validation seeds (envs.VAL_SEED..)
 eval_interval = 500  # iterations between accuracy evaluations (0 = only before and after training)
@@ -138,8 +143,10 @@ def record_vqa(task, n_frames, out_dir, seed=0):
     writer.finalize()
 
 
-def split_qa(text):
-    """'question? answer' -> ('question?', 'answer')."""
+def split_qa(text, prompt='what does the image show?'):
+    """'question? answer' -> ('question?', 'answer'); a caption (a hub image-text dataset) answers `prompt`."""
+    if '? ' not in text:
+        return prompt, text
     q, a = text.split('? ', 1)
     return q + '?', a
 
@@ -276,7 +283,8 @@ os.makedirs(out_dir, exist_ok=True)
 
 # data: recorded once (aside, then renamed, like train_bc.py); held-out frames come from validation seeds
 dataset_path = dataset or os.path.join('data', f'vqa_{task}_{vqa_frames}')
-if not os.path.exists(os.path.join(dataset_path, 'meta', 'info.json')):
+local = not dataset or os.path.isdir(os.path.dirname(os.path.abspath(dataset)))  # else a hub id (data.py's rule)
+if local and not os.path.exists(os.path.join(dataset_path, 'meta', 'info.json')):
     if os.path.exists(dataset_path):
         raise SystemExit(f"{dataset_path} exists but holds no dataset (no meta/info.json): delete or move it")
     print(f"no VQA dataset at {dataset_path}: rendering {vqa_frames} frames (done once)")
@@ -285,11 +293,13 @@ if not os.path.exists(os.path.join(dataset_path, 'meta', 'info.json')):
     record_vqa(task, vqa_frames, dataset_path + '.tmp', seed=0)
     os.replace(dataset_path + '.tmp', dataset_path)
     print(f"recorded {dataset_path} in {time.time() - t0:.0f}s")
-ds = data.LeRobotDataset(dataset_path, camera_keys=['observation.image'])
-train_images = ds.frames['observation.image']  # (N, H, W, 3) uint8
-train_qas = [split_qa(ds.meta.tasks[int(i)]) for i in ds.columns['task_index']]
+ds = data.LeRobotDataset(dataset_path, camera_keys=[image_key])  # a hub id downloads into the hub cache (data.py)
+train_images = ds.frames[image_key]  # (N, H, W, 3) uint8
+train_qas = [split_qa(ds.meta.tasks[int(i)], caption_prompt) for i in ds.columns['task_index']]
 eval_frames_ = pusht_frames(eval_frames, envs.VAL_SEED)
 eval_images = np.stack([f for f, s in eval_frames_ for _ in pusht_answers(s)])  # one row per question, like the data
+eval_images = data.resize_images(torch.from_numpy(eval_images).permute(0, 3, 1, 2),  # to the dataset's frame size
+                                 train_images.shape[1:3]).permute(0, 2, 3, 1).numpy()
 eval_qas = [qa for _, s in eval_frames_ for qa in pusht_answers(s).items()]
 majority = {q: Counter(a for q2, a in train_qas if q2 == q).most_common(1)[0][0] for q, _ in set(train_qas)}
 baseline = float(np.mean([majority.get(q) == a for q, a in eval_qas]))  # the answer a blind model would give

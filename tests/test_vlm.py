@@ -150,6 +150,40 @@ def test_checkpoint_starts_behavioral_cloning(tmp_path):
     assert bc.policy_info['tasks'][0]['task'] == 'pusht'
 
 
+def test_hub_caption_dataset_trains_through_the_hub_cache(tmp_path):
+    """--dataset=<hub id>: an image-text dataset (captions, 32x32 frames) in the LeRobot layout, put where
+    huggingface_hub keeps a downloaded dataset (HF_HOME/hub/datasets--<user>--<name>/snapshots/<commit>, refs/main
+    naming the commit). Offline (HF_HUB_OFFLINE=1), snapshot_download returns that snapshot: the code path of a
+    real download minus the network. Held-out PushT frames are resized to the dataset's 32x32."""
+    import dataset_writer
+    commit = '0123456789abcdef0123456789abcdef01234567'
+    repo = tmp_path / 'hf' / 'hub' / 'datasets--tester--shapes'
+    (repo / 'refs').mkdir(parents=True)
+    (repo / 'refs' / 'main').write_text(commit)
+    features = {'observation.image': {'dtype': 'image', 'shape': (32, 32, 3), 'names': ['height', 'width', 'channels']}}
+    writer = dataset_writer.LeRobotDatasetWriter(repo / 'snapshots' / commit, fps=10, features=features)
+    for color, rgb in (('red', (255, 0, 0)), ('green', (0, 255, 0)), ('blue', (0, 0, 255))):
+        image = np.zeros((32, 32, 3), np.uint8)
+        image[8:24, 8:24] = rgb
+        writer.add_frame({'observation.image': image}, task=f'a {color} square on black')  # a caption
+        writer.add_frame({'observation.image': image}, task=f'what color is the square? {color}')
+        writer.save_episode()
+    writer.finalize()
+    out = tmp_path / 'vlm'
+    env = dict(os.environ, HF_HOME=str(tmp_path / 'hf'), HF_HUB_OFFLINE='1')
+    r = subprocess.run([sys.executable, 'train_vlm.py', '--dataset=tester/shapes', '--eval_frames=2', '--max_iters=2',
+                        '--batch_size=4', '--warmup_iters=1', '--hidden_size=32', '--num_heads=2', '--cnn_width=8',
+                        '--max_answer_tokens=4', f'--out_dir={out}'], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert 'dataset tester/shapes: 6 QA rows from 3 frames' in r.stdout
+    model = ManipulationVLA.from_pretrained(str(out))
+    assert model.config.image_hw == (32, 32) and model.policy_info['dataset'] == 'tester/shapes'
+    qas = [VLM['split_qa'](t) for t in ('a red square on black', 'what color is the square? red')]
+    assert qas == [('what does the image show?', 'a red square on black'), ('what color is the square?', 'red')]
+    assert not (tmp_path / 'tester').exists() and not os.path.exists(os.path.join(REPO, 'tester'))  # nothing recorded
+
+
 @pytest.fixture(scope='module')
 def tiny_causal_lm(tmp_path_factory):
     """A tiny Qwen2ForCausalLM with an UNTIED lm_head and a WordLevel tokenizer over the VQA vocabulary, saved with
