@@ -48,15 +48,39 @@ def train(args, cwd=REPO, env=None, check=True):
     return r
 
 
+def train_forked(jobs):
+    """Run train_bc.py once per job, side by side, each forked from one process that imported torch and
+    transformers once (those imports are most of a tiny run's time). jobs: [(out_dir, kill_at, argv)]: kill_at
+    > 0 kills that run at its kill_at-th file operation in out_dir (see KILLER). -> [(exit code, stderr tail)]."""
+    spec = [dict(out=out, kill_at=k, argv=argv) for out, k, argv in jobs]
+    r = subprocess.run([sys.executable, '-c', KILLER, json.dumps(spec)], cwd=REPO, capture_output=True,
+                       text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert r.returncode == 0, r.stderr[-3000:]
+    codes = json.loads(r.stdout.strip().splitlines()[-1])
+    return [(rc, open(out + '.err').read()[-3000:]) for rc, (out, _, _) in zip(codes, jobs)]
+
+
 def losses(out_dir):
     return {r['iter']: r['loss'] for r in map(json.loads, open(os.path.join(out_dir, 'log.jsonl'))) if 'loss' in r}
 
 
-@pytest.mark.parametrize('head', ['mlp', 'gaussian', 'diffusion', 'flow', 'transformer'])
-def test_every_head_trains_and_eval_loads(head, tiny_dataset, tmp_path):
-    out = str(tmp_path / head)
-    train([f'--dataset={tiny_dataset}', f'--out_dir={out}', f'--action_head_type={head}', '--max_iters=20',
-           '--ckpt_interval=20', '--action_chunk_size=8', '--n_action_steps=4'] + TINY)
+HEADS = ['mlp', 'gaussian', 'diffusion', 'flow', 'transformer']
+
+
+@pytest.fixture(scope='module')
+def head_runs(tiny_dataset, tmp_path_factory):
+    """One 20-iteration train_bc.py run per head, all at once: {head: (out_dir, exit code, stderr tail)}."""
+    root = tmp_path_factory.mktemp('heads')
+    jobs = [(str(root / h), 0, ['--task=pusht', f'--dataset={tiny_dataset}', f'--out_dir={root / h}',
+                                f'--action_head_type={h}', '--max_iters=20', '--ckpt_interval=20',
+                                '--action_chunk_size=8', '--n_action_steps=4'] + TINY) for h in HEADS]
+    return {h: (out, *res) for h, (out, _, _), res in zip(HEADS, jobs, train_forked(jobs))}
+
+
+@pytest.mark.parametrize('head', HEADS)
+def test_every_head_trains_and_eval_loads(head, head_runs):
+    out, rc, err = head_runs[head]
+    assert rc == 0, err
     log = losses(out)
     assert sorted(log) == list(range(1, 21)) and all(np.isfinite(v) for v in log.values())
     state = json.load(open(os.path.join(out, 'training_state.json')))
@@ -122,45 +146,73 @@ def test_compiled_run_resumes_and_saves_plain_weights(tiny_dataset, tmp_path):
         assert keys and not any('_orig_mod' in k for k in keys), (f, keys[:3])
 
 
-# A wrapper that runs train_bc.py with its file operations in out_dir counted (and logged to OPS_LOG), and the
-# process killed at operation KILL_AT: before an os.replace / os.remove, or halfway through writing a file.
+# Runs train_bc.py once per job, each in a process forked from this one after the heavy imports, with its file
+# operations in out_dir counted (and logged to out_dir.ops.log) and the process killed at operation kill_at: before
+# an os.replace / os.remove, or halfway through writing a file. Prints the jobs' exit codes as one JSON list.
 KILLER = r"""
-import os, runpy, sys
-import safetensors.torch as st
-out, kill_at, ops_log = os.path.abspath(os.environ['OUT_DIR']), int(os.environ['KILL_AT']), os.environ['OPS_LOG']
-count = [0]
-real_replace, real_remove, real_save = os.replace, os.remove, st.save_file
+import json, os, runpy, sys, traceback
+import torch, transformers, safetensors.torch as st
+from transformers import Qwen2Config, Qwen2Model
+sys.path.insert(0, os.getcwd())
+import data, envs, eval, model, train_common
 
-def op(name, path):
-    if not os.path.abspath(str(path)).startswith(out):
-        return False
-    count[0] += 1
-    with open(ops_log, 'a') as f:
-        f.write(f"{count[0]} {name} {os.path.basename(str(path))}\n")
-    return count[0] == kill_at
+def run(out, kill_at, argv):
+    out = os.path.abspath(out)
+    count = [0]
+    real_replace, real_remove, real_save = os.replace, os.remove, st.save_file
 
-def replace(src, dst):
-    if op('replace', dst):
-        os._exit(137)
-    real_replace(src, dst)
+    def op(name, path):
+        if not os.path.abspath(str(path)).startswith(out):
+            return False
+        count[0] += 1
+        with open(out + '.ops.log', 'a') as f:
+            f.write(f"{count[0]} {name} {os.path.basename(str(path))}\n")
+        return count[0] == kill_at
 
-def remove(path):
-    if op('remove', path):
-        os._exit(137)
-    real_remove(path)
+    def replace(src, dst):
+        if op('replace', dst):
+            os._exit(137)
+        real_replace(src, dst)
 
-def save_file(tensors, path, *a, **kw):
-    kill = op('save_file', path)
-    real_save(tensors, path, *a, **kw)
-    if kill:  # a kill in the middle of the write: half a file on disk
-        size = os.path.getsize(path)
-        with open(path, 'r+b') as f:
-            f.truncate(size // 2)
-        os._exit(137)
+    def remove(path):
+        if op('remove', path):
+            os._exit(137)
+        real_remove(path)
 
-os.replace, os.remove, st.save_file = replace, remove, save_file
-sys.argv = ['train_bc.py'] + sys.argv[1:]
-runpy.run_path('train_bc.py', run_name='__main__')
+    def save_file(tensors, path, *a, **kw):
+        kill = op('save_file', path)
+        real_save(tensors, path, *a, **kw)
+        if kill:  # a kill in the middle of the write: half a file on disk
+            size = os.path.getsize(path)
+            with open(path, 'r+b') as f:
+                f.truncate(size // 2)
+            os._exit(137)
+
+    os.replace, os.remove, st.save_file = replace, remove, save_file
+    sys.argv = ['train_bc.py'] + argv
+    runpy.run_path('train_bc.py', run_name='__main__')
+
+pids = []
+for job in json.loads(sys.argv[1]):
+    pid = os.fork()
+    if pid == 0:
+        err = os.open(job['out'] + '.err', os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.dup2(err, 2)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+        code = 1
+        try:
+            run(job['out'], job['kill_at'], job['argv'])
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    pids.append(pid)
+print(json.dumps([os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids]))
 """
 
 
@@ -168,22 +220,13 @@ def test_a_kill_at_every_point_of_a_save_resumes_exactly(tiny_dataset, tmp_path)
     """Kill the run at each file operation of the checkpoint save at iteration 8 (and halfway through each
     file it writes), resume: the log has every iteration once, the losses and the final weights equal the
     uninterrupted run's (so a plain stop-and-resume reproduces the uninterrupted run too). Every run uses one
-    thread (bitwise-reproducible sums), so the killed runs, then their resumptions, run side by side."""
+    thread (bitwise-reproducible sums); the runs of a phase are forked side by side from one process that
+    imported torch and transformers once (those imports are most of a tiny run's time)."""
     from safetensors.torch import load_file
-    common = [f'--dataset={tiny_dataset}', '--action_head_type=diffusion', '--ckpt_interval=4', '--max_iters=12',
-              '--action_chunk_size=8', '--n_action_steps=4'] + TINY
-
-    def start(out, kill_at, extra=()):
-        env = dict(os.environ, OUT_DIR=out, KILL_AT=str(kill_at), OPS_LOG=out + '.ops.log', OMP_NUM_THREADS='1')
-        with open(out + '.err', 'w') as err:  # a file, not a pipe: nobody reads while they run
-            return out, subprocess.Popen([sys.executable, '-c', KILLER, '--task=pusht', f'--out_dir={out}', *common,
-                                          *extra], cwd=REPO, stdout=subprocess.DEVNULL, stderr=err, env=env)
-
-    def finish(runs):
-        return [(p.wait(timeout=600), open(out + '.err').read()[-3000:]) for out, p in runs]
-
+    common = ['--task=pusht', f'--dataset={tiny_dataset}', '--action_head_type=diffusion', '--ckpt_interval=4',
+              '--max_iters=12', '--action_chunk_size=8', '--n_action_steps=4'] + TINY
     full = str(tmp_path / 'full')
-    [(rc, err)] = finish([start(full, 0)])
+    [(rc, err)] = train_forked([(full, 0, [f'--out_dir={full}', *common])])
     assert rc == 0, err
     ops = open(full + '.ops.log').read().split('\n')
     first = next(i for i, o in enumerate(ops) if 'training_state-00000008' in o)
@@ -192,9 +235,10 @@ def test_a_kill_at_every_point_of_a_save_resumes_exactly(tiny_dataset, tmp_path)
     assert len(points) >= 5, ops  # tensors, their rename, the JSON commit, the old file's removal, the policy
     reference = load_file(os.path.join(full, 'model.safetensors'))
     outs = {k: str(tmp_path / f'kill{k}') for k in points}
-    for k, (rc, err) in zip(points, finish([start(outs[k], k) for k in points])):
+    for k, (rc, err) in zip(points, train_forked([(outs[k], k, [f'--out_dir={outs[k]}', *common]) for k in points])):
         assert rc == 137, (k, err)
-    for k, (rc, err) in zip(points, finish([start(outs[k], 0, ['--resume=True']) for k in points])):
+    for k, (rc, err) in zip(points, train_forked([(outs[k], 0, [f'--out_dir={outs[k]}', *common, '--resume=True'])
+                                               for k in points])):
         assert rc == 0, (k, err)
     for k, out in outs.items():
         iters = [json.loads(line)['iter'] for line in open(os.path.join(out, 'log.jsonl'))]
