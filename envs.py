@@ -116,10 +116,13 @@ _POLICY = {}  # checkpoint folder -> its loaded policy: the current round's only
 
 def _dagger_worker(args):
     """One DAgger rollout: the mixture beta * expert + (1 - beta) * learner drives, chosen per step, and every
-    visited state is recorded with the EXPERT's action as its label (Ross et al. 2011). -> dict(seed, success,
-    steps, expert_fraction, frames: [frame dicts], labels (T, A) float32). The rng is seeded per episode, so the
-    labels do not depend on how many workers share the rollouts."""
-    task, ckpt, seed, beta, max_steps, rng_seed, threads = args
+    visited state is recorded with the EXPERT's action as its label (Ross et al. 2011). With segment = H > 0 the
+    choice is made every H steps and only the expert's stretches are recorded, each as an episode of its own: it
+    starts where the learner went, and its labels are the expert's own consecutive actions, so a chunk of them
+    is one plan (per-step labels of learner-driven states are each a first step of a different plan).
+    -> dict(seed, success, steps, expert_fraction, labels: how many, episodes: [(frame dicts, labels (T, A))]).
+    The rng is seeded per episode, so the labels do not depend on how many workers share the rollouts."""
+    task, ckpt, seed, beta, max_steps, rng_seed, threads, expert_kw, segment = args
     import torch
     from deploy import load_policy
     if threads:
@@ -127,34 +130,46 @@ def _dagger_worker(args):
     if ckpt not in _POLICY:  # a new round's checkpoint replaces the last one
         _POLICY.clear()
         _POLICY[ckpt] = load_policy(ckpt, task=task)[1]  # a multi-task policy: its entry for this task
-    policy, expert, env = _POLICY[ckpt], make_expert(task), make_env(task)
+    policy, expert, env = _POLICY[ckpt], make_expert(task, **(expert_kw or {})), make_env(task)
     rng = np.random.default_rng(rng_seed)
     obs, _ = env.reset(seed=seed)
     policy.reset()
     expert.reset()
-    frames, labels, expert_steps, success = [], [], 0, False
-    for _ in range(max_steps):
+    episodes, expert_steps, success, use_expert = [], 0, False, False
+    for t in range(max_steps):
         frame = obs_to_frame(task, obs)
-        label = np.asarray(expert.get_action(env), np.float32)  # what the expert would do HERE
-        learner = np.asarray(policy(frame), np.float32)  # the learner keeps its own chunk queue
-        use_expert = rng.random() < beta
+        if not segment or t % segment == 0:
+            was_expert, use_expert = use_expert, rng.random() < beta
+            if not segment and t == 0 or segment and use_expert and not was_expert:
+                episodes.append(([], []))  # per-step labels: one episode; segments: one per expert takeover
+            if segment and not use_expert and was_expert:
+                policy.reset()  # the learner takes over: its queued chunk is from before the expert drove
+        if not segment or use_expert:
+            label = np.asarray(expert.get_action(env), np.float32)  # what the expert would do HERE
+            episodes[-1][0].append(frame)
+            episodes[-1][1].append(label)
+        if not segment or not use_expert:
+            learner = np.asarray(policy(frame), np.float32)  # the learner keeps its own chunk queue
         expert_steps += use_expert
-        frames.append(frame)
-        labels.append(label)
         obs, reward, terminated, truncated, info = env.step(label if use_expert else learner)
         success = is_success(info)
         if success or terminated or truncated:
             break
     env.close()
-    return dict(seed=seed, success=success, steps=len(labels), expert_fraction=expert_steps / len(labels),
-                frames=frames, labels=np.stack(labels))
+    episodes = [(frames, np.stack(labels)) for frames, labels in episodes]
+    return dict(seed=seed, success=success, steps=t + 1, expert_fraction=expert_steps / (t + 1),
+                labels=sum(len(f) for f, _ in episodes), episodes=episodes)
 
 
-def label_rollouts(task, ckpt, seeds, beta, max_steps, rng_seed, num_workers=1):
+def label_rollouts(task, ckpt, seeds, beta, max_steps, rng_seed, num_workers=1, expert_kw=None, segment=0):
     """DAgger's data: yield one expert-labelled rollout of the policy in `ckpt` per seed, in seed order, from
     num_workers processes (the expert re-plans at every state the learner drives it to: that is the cost).
-    rng_seed: a list of ints; episode s draws its expert/learner choices from default_rng(rng_seed + [s])."""
-    jobs = [(task, ckpt, s, beta, max_steps, [*rng_seed, s], 1 if num_workers > 1 else 0) for s in seeds]
+    rng_seed: a list of ints; episode s draws its expert/learner choices from default_rng(rng_seed + [s]).
+    expert_kw: options of the task's labelling expert (make_expert's keywords, e.g. PushT's max_step).
+    segment: 0 = who drives is chosen per step, every state labelled; H = chosen every H steps, the expert's
+    stretches recorded (see _dagger_worker)."""
+    jobs = [(task, ckpt, s, beta, max_steps, [*rng_seed, s], 1 if num_workers > 1 else 0, expert_kw, segment)
+            for s in seeds]
     return _imap("_dagger_worker", jobs, num_workers)
 
 

@@ -69,6 +69,7 @@ class ManipulationVLAConfig:
     use_lora: bool = False  # low-rank adapters on the LM's attention + MLP (needs freeze_llm=True)
     lora_r: int = 8
     lora_alpha: int = 16
+    gradient_checkpointing: bool = False  # recompute transformer layers in backward: less memory, ~1/3 more compute
     # inference of the generative heads
     diffusion_inference_steps: int = 10
     diffusion_sampler: str = "ddim"  # 'ddim' | 'ddpm'
@@ -85,6 +86,7 @@ class ManipulationVLAConfig:
     head_hidden_dim: int = 256  # mlp / gaussian heads
     denoiser_dim: int = 128  # diffusion / flow denoiser channels and the transformer head's width
     regression_loss: str = "l1"  # 'l1' | 'mse' for the mlp and transformer heads
+    relative_actions: bool = False  # the head predicts each action as an offset from the current state (see act)
 
     def __post_init__(self):
         """Validate right after construction, naming the fix."""
@@ -95,6 +97,9 @@ class ManipulationVLAConfig:
         if self.use_lora and not self.freeze_llm:
             raise ValueError("use_lora=True trains low-rank adapters INSTEAD of the LM weights: set freeze_llm=True "
                              "as well (or use_lora=False to fine-tune all LM weights)")
+        if self.relative_actions and not (self.use_proprioception and self.proprioception_dim >= self.action_dim):
+            raise ValueError("relative_actions=True measures actions from the state's first action_dim dims: it needs "
+                             "use_proprioception=True and proprioception_dim >= action_dim (the same quantities)")
         if min(self.num_cameras, self.num_readout_tokens, self.n_obs_steps, self.num_tasks) < 1:
             raise ValueError("num_cameras, num_readout_tokens, n_obs_steps and num_tasks must be >= 1")
 
@@ -340,6 +345,11 @@ class ManipulationVLA(nn.Module):
                 p.requires_grad_("lora_" in name)
         if cfg.freeze_vision:
             self.vision.requires_grad_(False)
+        if cfg.gradient_checkpointing:  # keep only each layer's input, recompute its inside in backward (Chen et al. 2016)
+            kw = dict(gradient_checkpointing_kwargs={"use_reentrant": False})  # the non-reentrant form works with LoRA
+            self.llm.gradient_checkpointing_enable(**kw)
+            if isinstance(self.vision, SiglipEncoder) and not cfg.freeze_vision:
+                self.vision.tower.gradient_checkpointing_enable(**kw)
 
     # ------------------------------------------------------------------------- normalization
     def set_normalization_stats(self, stats, task_index=0):
@@ -381,6 +391,16 @@ class ManipulationVLA(nn.Module):
     def unnormalize_action(self, a, task_index=None):  # [-1, 1] (..., A) -> raw
         lo, hi = self._rows(self.action_min, task_index, a), self._rows(self.action_max, task_index, a)
         return (a + 1) / 2 * (hi - lo).clamp(min=1e-6) + lo
+
+    def action_origin(self, proprio, task_index=None):
+        """Where the head's actions are measured from, in normalized action units (B, 1, A): the current state's
+        first action_dim dims (PushT: the pusher's xy; ALOHA: the joint angles) with relative_actions, else 0.
+        An offset is what the head must get right near the goal; an absolute target needs the pusher's own
+        position reproduced to ~1 px first (relative trajectories: Chi et al. 2024, UMI)."""
+        if not self.config.relative_actions:
+            return torch.zeros((), device=self.action_min.device)
+        p = proprio.float()[:, -1] if proprio.dim() == 3 else proprio.float()  # (B, P): the latest step
+        return self.normalize_action(p[:, :self.config.action_dim].unsqueeze(1), task_index)
 
     def normalize_proprio(self, p, task_index=None):  # raw (..., P') -> standardized, zero-padded to P
         p = self._pad(p, self.config.proprioception_dim)
@@ -490,7 +510,7 @@ class ManipulationVLA(nn.Module):
         cache = self.encode_instruction(instructions)
         cond = self.features(batch["images"], batch.get("proprio"), cache["text_embeds"], cache["text_mask"],
                              batch.get("depth"), ti)
-        target = self.normalize_action(batch["action"].float(), ti)
+        target = self.normalize_action(batch["action"].float(), ti) - self.action_origin(batch.get("proprio"), ti)
         mask = ~batch["action_is_pad"].bool() if "action_is_pad" in batch else None
         if batch["action"].shape[-1] < target.shape[-1] or self.config.num_tasks > 1:  # padded dims: no loss
             real = torch.arange(target.shape[-1], device=target.device) < self._rows(
@@ -504,7 +524,8 @@ class ManipulationVLA(nn.Module):
         """Per-step inference as a pure tensor function (what deploy.py traces) -> RAW actions (B, T, A),
         padded dims included. Normalized predictions are clipped to [-1, 1], the range of the demonstrations."""
         cond = self.features(images, proprio, text_embeds, text_mask, depth, task_index)
-        return self.unnormalize_action(self.head_for(task_index)(cond)["action"].clamp(-1, 1), task_index)
+        a = self.head_for(task_index)(cond)["action"] + self.action_origin(proprio, task_index)
+        return self.unnormalize_action(a.clamp(-1, 1), task_index)
 
     @torch.no_grad()
     def predict_action(self, batch, instruction_cache=None):

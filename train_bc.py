@@ -57,6 +57,8 @@ freeze_llm = False
 use_lora = False
 lora_r = 8
 lora_alpha = 16
+gradient_checkpointing = False  # recompute transformer layers in backward: less memory for big backbones
+relative_actions = False  # predict actions as offsets from the current state (absolute-position tasks only)
 # training
 max_iters = 5000
 lr_decay_iters = 0  # iterations of the cosine decay (0 = max_iters)
@@ -194,6 +196,9 @@ if init_from:  # fine-tune: architecture, weights and normalization statistics c
         raise SystemExit(f"{init_from} was trained on {model_config.image_hw} frames with n_obs_steps="
                          f"{model_config.n_obs_steps}; this dataset has {frame_hw} frames and --n_obs_steps={n_obs_steps}")
 else:
+    if relative_actions and 'delta' in task_spec.get('action_mode', ()):
+        raise SystemExit(f"relative_actions=True: {task}'s actions are already displacements (action_mode "
+                         f"{task_spec['action_mode']}), not positions to measure from the state; leave it False")
     model_config = ManipulationVLAConfig(**{k: v for k, v in config.items() if k in model_fields},
                                          image_size=frame_hw[0], image_width=0 if frame_hw[0] == frame_hw[1] else frame_hw[1],
                                          num_cameras=len(task_spec['image_keys']),

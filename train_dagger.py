@@ -11,8 +11,15 @@ errors take it to states nobody demonstrated, where its errors grow (compounding
 O(T^2 eps) over a horizon T). DAgger fixes the distribution: roll out the learner, ask the
 expert what it would have done in every state the learner visited, add those labels to the
 dataset, retrain, repeat. Iteration i executes the mixture pi_i = beta_i expert + (1 - beta_i)
-learner, chosen per step, with beta_i = beta * beta_decay^i, so early rollouts stay near the
-expert's states and later ones are the learner's own (error then O(T eps)).
+learner, with beta_i = beta * beta_decay^i, so early rollouts stay near the expert's states and later
+ones are the learner's own (error then O(T eps)).
+
+Who drives is drawn once per segment of the policy's n_action_steps (the actions it executes open loop),
+and what is recorded is the expert's stretches, each as an episode of its own: each starts in a state the
+learner led to, and holds the expert's own consecutive actions, so the chunk a policy learns from is one
+plan. Ross et al. draw per step and label every visited state (--expert_segment=0); with action chunks that
+fails here: the expert and the learner undo each other's moves, and the chunk of labels after a state
+stitches together first steps of different plans (RESULTS.md measures both).
 
 A label costs one expert plan: the learner drives the expert off its plan at almost every step
 (bench/bench_dagger_labels.py measures it), so rollouts are labelled in worker processes
@@ -50,6 +57,12 @@ eval_episodes = 50  # held-out test episodes evaluated after each round (0 = ski
 rollout_seed = 50_000  # rollout seeds are training seeds: [rollout_seed, ...) inside [0, VAL_SEED)
 num_workers = 1  # processes that roll out and label in parallel (one torch thread each); the expert's
 #                 re-planning at every learner-visited state is what a label costs
+expert_segment = -1  # who drives is drawn every expert_segment steps, and only the expert's stretches are recorded,
+#                      each its own episode, so a chunk of labels is one plan; -1 = the policy's n_action_steps (it
+#                      commits to that many actions too); 0 = drawn per step, every visited state labelled (Ross et
+#                      al.). Per step, expert and learner undo each other (PushT: 5% of such rollouts succeed) and a
+#                      chunk stitches first steps of different plans (RESULTS.md). Compare budgets in labels.
+expert_kw = {}  # options of the labelling expert (make_expert's keywords), e.g. "--expert_kw={'max_step': 15.0}"
 seed = 1337
 resume = False
 _task_presets = False  # --task names the simulator; BC presets are in the init_from checkpoint
@@ -85,6 +98,7 @@ if (bc_config['tasks'] if multi else [bc_config['task']]) != ckpt_tasks:
     raise SystemExit(f"{cfg_path} does not match {init_from}/config.json's tasks {ckpt_tasks}: the folder was edited")
 spec = envs.TASKS[task]
 max_steps = max_steps or spec['max_steps']
+segment = expert_segment if expert_segment >= 0 else int(bc_config.get('n_action_steps', 1))
 if rollout_seed + dagger_iters * episodes_per_iter > envs.VAL_SEED:
     raise SystemExit(f"rollout seeds must stay below envs.VAL_SEED={envs.VAL_SEED} (training seeds only)")
 os.makedirs(out_dir, exist_ok=True)
@@ -165,11 +179,13 @@ for i in range(state['done'] + 1, dagger_iters):
     first = rollout_seed + i * episodes_per_iter
     t0, eps = time.time(), []
     rollouts = envs.label_rollouts(task, state['ckpt'], range(first, first + episodes_per_iter), beta_i, max_steps,
-                                   rng_seed=[seed, i], num_workers=num_workers)
+                                   rng_seed=[seed, i], num_workers=num_workers, expert_kw=expert_kw,
+                                   segment=segment)
     for ep in tqdm(rollouts, total=episodes_per_iter, desc='dagger rollouts', leave=False):
-        for frame, label in zip(ep.pop('frames'), ep.pop('labels')):
-            writer.add_frame({**frame, 'action': label}, task=instruction)
-        writer.save_episode()
+        for frames, labels in ep.pop('episodes'):
+            for frame, label in zip(frames, labels):
+                writer.add_frame({**frame, 'action': label}, task=instruction)
+            writer.save_episode()
         eps.append(ep)
     writer.finalize()
     label_seconds = time.time() - t0
@@ -177,7 +193,7 @@ for i in range(state['done'] + 1, dagger_iters):
     os.replace(tmp_path, new_path)
     labels = data.LeRobotDatasetMetadata(new_path).total_frames
     rollout_success = float(np.mean([e['success'] for e in eps]))
-    new_labels = sum(e['steps'] for e in eps)
+    new_labels = sum(e['labels'] for e in eps)
     print(f"round {i}: beta={beta_i:.3f}, {new_labels} new labels ({labels} total) in {label_seconds:.0f}s "
           f"({num_workers} worker{'s' if num_workers > 1 else ''}), mixed-policy rollout success {rollout_success:.2f}")
     # 2) retrain on the aggregate and evaluate on held-out seeds

@@ -165,7 +165,7 @@ class PixelPolicy(nn.Module):
         mean, log_std = self.vla.head.distribution(cond)  # normalized by the dataset's action min/max
         # re-express in this script's [-1, 1] of the whole arena: an affine map, so log_std shifts by log(scale)
         scale = (self.vla.action_max - self.vla.action_min) / (HIGH - LOW)
-        raw = self.vla.unnormalize_action(mean[:, 0])
+        raw = self.vla.unnormalize_action((mean + self.vla.action_origin(obs['proprio']))[:, 0])
         return 2 * (raw - LOW) / (HIGH - LOW) - 1, log_std[:, 0] + torch.log(scale)
 
 

@@ -6,6 +6,8 @@ LM's language BEFORE behavioral cloning, by next-token prediction of answers to 
     python train_bc.py --task=pusht --init_from=out/vlm_pusht          # stage 2: BC from the aligned backbone
     python train_vlm.py --vlm_backbone=Qwen/Qwen2-0.5B-Instruct --vision_encoder=google/siglip-base-patch16-224 \
         --freeze_llm=True --freeze_vision=True                          # LLaVA's stage 1 proper: the projector only
+    ... --freeze_llm=True --use_lora=True --gradient_checkpointing=True  # + LoRA on the LM, activations recomputed
+    python bench/bench_vlm_sizes.py                                    # memory and step time of these per size
 
 The questions are about things the simulator knows exactly, so every answer is checkable (PushT):
     frame + "where is the block relative to the goal?"        -> "upper left" (a quadrant, or "at the goal")
@@ -56,6 +58,7 @@ vlm_backbone = 'tiny-qwen2'  # 'tiny-qwen2' (tied LM head) | a causal-LM hub id 
 freeze_vision = False  # True with a pretrained tower (LLaVA stage 1 trains the projector only)
 freeze_llm = False  # True with a pretrained LM; use_lora=True then adds low-rank adapters to it
 use_lora = False
+gradient_checkpointing = False  # recompute the LM's (and a trained tower's) layers in backward: for big backbones
 # training
 max_iters = 3000
 batch_size = 64
@@ -214,7 +217,9 @@ def build_lm_head(model):
     that tie them (Qwen2-0.5B). Otherwise the hub LM's own lm_head, frozen: stage 1 moves images to the words."""
     if model.config.vlm_backbone == 'tiny-qwen2':
         return None
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
+    if hf_from_pretrained(AutoConfig, model.config.vlm_backbone).tie_word_embeddings:
+        return None  # known from config.json alone: no second copy of the LM is loaded
     lm = hf_from_pretrained(AutoModelForCausalLM, model.config.vlm_backbone, dtype=torch.float32)
     head = lm.get_output_embeddings()
     if head.weight is lm.get_input_embeddings().weight:

@@ -37,7 +37,7 @@ def main():
         t0 = time.perf_counter()
         eps = list(envs.label_rollouts('pusht', args.ckpt, seeds, args.beta, args.max_steps, [0], num_workers=w))
         sec = time.perf_counter() - t0
-        labels = sum(e['steps'] for e in eps)
+        labels = sum(e['labels'] for e in eps)
         rows.append(dict(workers=w, rollouts=len(eps), labels=labels, seconds=sec, labels_per_s=labels / sec,
                          min_per_200=sec / len(eps) * 200 / 60))
     print(f"DAgger labelling, {args.ckpt}, beta={args.beta}, {os.cpu_count()} CPUs (process start included)")

@@ -25,12 +25,12 @@ STATS = {"observation.state": {"mean": [256.0, 256.0], "std": [100.0, 100.0]},
          "action": {"min": [20.0, 30.0], "max": [490.0, 500.0]}}
 
 
-def tiny_model(head="mlp", action_dim=2):
+def tiny_model(head="mlp", action_dim=2, **kw):
     torch.manual_seed(0)
     cfg = ManipulationVLAConfig(image_size=96, hidden_size=32, num_heads=2, cnn_width=8, vision_grid=2,
                                 num_readout_tokens=2, head_hidden_dim=32, denoiser_dim=16, action_chunk_size=4,
                                 diffusion_steps=20, diffusion_inference_steps=4, flow_steps=3,
-                                action_head_type=head, action_dim=action_dim)
+                                action_head_type=head, action_dim=action_dim, **kw)
     model = ManipulationVLA(cfg)
     stats = dict(STATS, action={"min": [20.0] * action_dim, "max": [490.0] * action_dim})
     model.set_normalization_stats(stats)
@@ -76,8 +76,9 @@ def test_torchscript_export_equals_eager(head, tmp_path):
         assert torch.allclose(got, want, atol=1e-4, rtol=1e-4), (got - want).abs().max()
 
 
-def test_torch_export_equals_eager(tmp_path):
-    model = tiny_model("mlp")
+@pytest.mark.parametrize("relative", [False, True])
+def test_torch_export_equals_eager(relative, tmp_path):
+    model = tiny_model("mlp", relative_actions=relative)
     module, meta = load_exported(export_policy(model, INSTRUCTION, str(tmp_path / "p.pt2"), metadata(model),
                                                fmt="export"))
     images, proprio = example_inputs(model)

@@ -127,7 +127,7 @@ def test_dagger_labels_learner_states_with_the_expert_and_resumes(bc_checkpoints
     root, ds, ckpts = bc_checkpoints
     out = str(root / 'dagger')
     args = ['--task=pusht', f'--init_from={ckpts["mlp"]}', f'--out_dir={out}', '--episodes_per_iter=1',
-            '--max_steps=12', '--beta=0.0', '--train_iters=2', '--eval_episodes=0',
+            '--max_steps=12', '--beta=0.0', '--expert_segment=0', '--train_iters=2', '--eval_episodes=0',
             "--train_args=--batch_size=8 --warmup_iters=1"]
     run('train_dagger.py', args + ['--dagger_iters=1', '--num_workers=2'])  # labelled in a spawned worker
     before = data.LeRobotDataset(ds, camera_keys=[])
@@ -165,6 +165,25 @@ def test_dagger_labels_learner_states_with_the_expert_and_resumes(bc_checkpoints
     assert state['history'][-1]['new_labels'] >= 1 and state['history'][-1]['label_seconds'] > 0
     assert os.path.exists(os.path.join(out, 'iter1', 'model.safetensors'))
     check_checkpoint_runs(os.path.join(out, 'iter1'))  # a DAgger round's checkpoint is the one format
+
+
+def test_dagger_segments_record_only_the_experts_stretches(bc_checkpoints):
+    """expert_segment=H: who drives is drawn every H steps and each expert stretch is an episode of its own.
+    With beta=1 that is the expert's own episode (its consecutive actions, not per-step re-plans); with beta=0.5
+    the stretches are whole H-step blocks that together hold exactly the expert-driven steps."""
+    import envs
+    _, _, ckpts = bc_checkpoints
+    seed, steps = 50_000, 24
+    alone = envs.run_expert_episode('pusht', seed, render=False)
+    ep = envs._dagger_worker(('pusht', ckpts['mlp'], seed, 1.0, steps, [0, seed], 0, None, 4))
+    [(frames, labels)] = ep['episodes']
+    assert ep['labels'] == len(frames) == steps and ep['expert_fraction'] == 1.0
+    assert np.allclose(labels, alone['actions'][:steps], atol=1e-4)
+    ep = envs._dagger_worker(('pusht', ckpts['mlp'], seed, 0.5, 40, [0, seed], 0, None, 4))  # 3 stretches
+    lengths = [len(f) for f, _ in ep['episodes']]
+    assert len(lengths) >= 2 and all(n % 4 == 0 for n in lengths), lengths
+    assert sum(lengths) == ep['labels'] == round(ep['expert_fraction'] * ep['steps']) < ep['steps']
+    assert all(len(f) == len(a) for f, a in ep['episodes'])
 
 
 def test_dagger_names_the_tasks_of_a_checkpoint_without_the_task(tmp_path):

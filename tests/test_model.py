@@ -138,6 +138,24 @@ def test_normalization_round_trip():
                                        "observation.state": STATS["observation.state"]})
 
 
+def test_relative_actions_are_offsets_from_the_state():
+    """relative_actions: the head's output is an offset from the pusher's own position (in normalized action units),
+    so a head that outputs zeros holds the pusher where it is, and the loss target is norm(action) - norm(state)."""
+    model = make_model(relative_actions=True)
+    head_out = model.head.net[-1]
+    torch.nn.init.zeros_(head_out.weight), torch.nn.init.zeros_(head_out.bias)
+    batch = make_batch()
+    chunk = model.predict_action(batch)  # (B, T, 2)
+    assert torch.allclose(chunk, batch["proprio"][:, None].expand_as(chunk).clamp(min=torch.tensor([10.0, 20.0]),
+                                                                                   max=torch.tensor([500.0, 480.0])),
+                          atol=1e-3)
+    offset = model.normalize_action(batch["action"]) - model.normalize_action(batch["proprio"][:, None])
+    keep = ~batch["action_is_pad"]
+    assert torch.allclose(model(batch)["loss"], offset.abs()[keep].mean(), atol=1e-5)
+    with pytest.raises(ValueError, match="proprioception_dim >= action_dim"):
+        tiny_config(relative_actions=True, action_dim=3)
+
+
 def test_multi_camera_and_depth():
     model = make_model(num_cameras=2, use_depth=True)
     batch = make_batch(cams=2, depth=torch.rand(3, 2, 1, 32, 32) * 2)
@@ -232,6 +250,25 @@ def test_pretrained_unfrozen_trains_everything(tiny_hf_dirs):
     model = ManipulationVLA(tiny_config(vlm_backbone=qwen, vision_encoder=siglip))
     assert all(p.requires_grad for p in model.parameters())
     model(make_batch())["loss"].backward()
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_hf_dirs, lora):
+    """gradient_checkpointing=True recomputes the LM's and the trained SigLIP tower's layers in backward instead of
+    storing their activations: the same loss and gradients, with LoRA too (the non-reentrant form)."""
+    qwen, siglip = tiny_hf_dirs
+    grads = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        model = ManipulationVLA(tiny_config(vlm_backbone=qwen, vision_encoder=siglip, freeze_llm=lora, use_lora=lora,
+                                            gradient_checkpointing=ckpt))
+        model.set_normalization_stats(STATS)
+        assert model.llm.is_gradient_checkpointing == ckpt and model.vision.tower.is_gradient_checkpointing == ckpt
+        model(make_batch())["loss"].backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys() and any("lora_" in n for n in grads[0]) == lora
+    for n, g in grads[0].items():
+        assert g is not None and torch.allclose(g, grads[1][n], atol=1e-6), n
 
 
 def test_missing_backbone_says_how_to_use_a_local_folder():

@@ -93,8 +93,8 @@ def test_dagger_aggregates_one_task_of_a_multi_task_policy(demos, three_task_run
     import data
     ckpt, out = three_task_run[0], str(tmp_path / 'dagger')
     r = subprocess.run([sys.executable, 'train_dagger.py', '--task=pusht', f'--init_from={ckpt}', f'--out_dir={out}',
-                        '--dagger_iters=1', '--episodes_per_iter=1', '--max_steps=10', '--train_iters=5',
-                        '--eval_episodes=1', '--train_args=--eval_max_steps=5'],
+                        '--dagger_iters=1', '--episodes_per_iter=1', '--max_steps=10', '--expert_segment=0',
+                        '--train_iters=5', '--eval_episodes=1', '--train_args=--eval_max_steps=5'],
                        cwd=REPO, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     aggregate = os.path.join(out, 'data_iter0')
