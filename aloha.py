@@ -79,6 +79,16 @@ SPECS = {task: TASKS[task] for task in SIMS}
 EXPERT_FLAGS = ("ik",)  # the expert options `python envs.py` takes for these tasks: ik=True records the IK expert
 
 
+def cube_contacts(physics):
+    """(left arm, right arm, table) touch the cube: 0/1 each. An arm touches it with either finger: gym-aloha's
+    transfer-cube reward looks at one finger geom per arm, but a handover often pinches the cube against the other."""
+    name, contact = physics.model.id2name, physics.data.contact  # the active contacts (ncon of them)
+    touching = {name(b if name(a, "geom") == "red_box" else a, "geom") for a, b in zip(contact.geom1, contact.geom2)
+                if "red_box" in (name(a, "geom"), name(b, "geom"))}
+    return np.array([any(n.startswith(f"vx300s_{side}/") and "finger" in n for n in touching) for side in ("left", "right")]
+                    + ["table" in touching], float)
+
+
 class AlohaEnv(gym.Env):
     """A gymnasium env around gym-aloha's dm_control task. obs_type 'pixels_agent_pos' -> {"pixels": {"top":
     uint8 (S, S, 3)}, "agent_pos": (14,)} like gym-aloha; 'state' -> (14,) joint state, no rendering (~30x faster).

@@ -211,12 +211,20 @@ class LeRobotDatasetMetadata:
         return self.root / self.info["video_path" if key else "data_path"].format(video_key=key, **where)
 
 
+def is_hub_id(name):
+    """Is `name` a hub dataset id ("user/name") rather than a local path? Only when nothing local exists by that
+    name, it has exactly that form, and its first part is not a local folder (data/<new> is a path to create)."""
+    name = str(name)
+    return not (Path(name).expanduser().exists() or name.startswith(("/", ".", "~"))
+                or not re.fullmatch(r"[\w.-]+/[\w.-]+", name) or Path(name).parent.is_dir())
+
+
 def _resolve_root(repo_id_or_path):
     """A local folder is used as is; a hub id ("user/name") is snapshot-downloaded into the hub cache."""
     name = str(repo_id_or_path)
     if Path(name).expanduser().exists():
         return Path(name).expanduser()  # a folder without info.json: LeRobotDatasetMetadata says what is missing
-    if name.startswith(("/", ".", "~")) or not re.fullmatch(r"[\w.-]+/[\w.-]+", name) or Path(name).parent.is_dir():
+    if not is_hub_id(name):
         raise FileNotFoundError(f"local dataset folder {name} does not exist: check the path (a hub id like "
                                 f"'lerobot/pusht' is only tried when its first part is not a local folder)")
     import huggingface_hub

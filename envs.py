@@ -115,8 +115,9 @@ _POLICY = {}  # checkpoint folder -> its loaded policy: the current round's only
 
 
 def _dagger_worker(args):
-    """One DAgger rollout: the mixture beta * expert + (1 - beta) * learner drives, chosen per step, and every
-    visited state is recorded with the EXPERT's action as its label (Ross et al. 2011). With segment = H > 0 the
+    """One DAgger rollout: the mixture beta * expert + (1 - beta) * learner drives. With segment = 0 who drives is
+    chosen per step and every visited state is recorded with the EXPERT's action as its label (Ross et al. 2011).
+    With segment = H > 0 the
     choice is made every H steps and only the expert's stretches are recorded, each as an episode of its own: it
     starts where the learner went, and its labels are the expert's own consecutive actions, so a chunk of them
     is one plan (per-step labels of learner-driven states are each a first step of a different plan).

@@ -343,8 +343,7 @@ for it in pbar:
         pbar.write(f"iter {step}: validation success {m['success_rate']:.2f} over {eval_episodes} episodes")
         if m['success_rate'] > best_success:
             best_success = m['success_rate']
-            eval_model.save_pretrained(os.path.join(out_dir, 'best'))  # + the recipe, for DAgger's --init_from:
-            shutil.copyfile(os.path.join(out_dir, 'train_config.json'), os.path.join(out_dir, 'best', 'train_config.json'))
+            train_common.save_best(eval_model, out_dir)
     if master_process and (step % ckpt_interval == 0 or step == max_iters):
         save_training_state(step, best_success)
 pbar.close()

@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import uuid
 
 import torch
@@ -88,6 +89,15 @@ def write_json(path, obj):
     with open(path + '.tmp', 'w') as f:
         json.dump(obj, f, indent=2, default=str)
     os.replace(path + '.tmp', path)
+
+
+def save_best(model, out_dir):
+    """out_dir/best: the policy that validated best, with the run's train_config.json beside it (the recipe
+    DAgger's --init_from retrains with); each file appears whole, under a temp name first."""
+    best = os.path.join(out_dir, 'best')
+    model.save_pretrained(best)
+    shutil.copyfile(os.path.join(out_dir, 'train_config.json'), os.path.join(best, 'train_config.json.tmp'))
+    os.replace(os.path.join(best, 'train_config.json.tmp'), os.path.join(best, 'train_config.json'))
 
 
 def sha256(path):

@@ -21,9 +21,10 @@ plan. Ross et al. draw per step and label every visited state (--expert_segment=
 fails here: the expert and the learner undo each other's moves, and the chunk of labels after a state
 stitches together first steps of different plans (RESULTS.md measures both).
 
-A label costs one expert plan: the learner drives the expert off its plan at almost every step
-(bench/bench_dagger_labels.py measures it), so rollouts are labelled in worker processes
-(envs.label_rollouts), and the PushT expert reuses its simulated pushes while the block has not moved.
+Per step, a label costs one expert plan (the learner drives the expert off its plan at almost every
+step; bench/bench_dagger_labels.py measures it); in segments the expert mostly follows its own plan.
+Rollouts are labelled in worker processes (envs.label_rollouts), and the PushT expert reuses its
+simulated pushes while the block has not moved.
 
 Each iteration writes a LeRobot dataset out_dir/data_iter<i> (the previous one plus the new
 labels: inspect or reuse it), retrains with train_bc.py (fine-tuning the last policy or from

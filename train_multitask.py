@@ -188,10 +188,6 @@ class MultiTaskLoss(torch.nn.Module):
 # model: a shared backbone, per-task statistics, one head or one per task (multi_head)
 A = max(d['action_dim'] for d in task_data)
 S = max(d['state_dim'] for d in task_data)
-model_config = ManipulationVLAConfig(**{k: v for k, v in config.items()
-                                        if k in ManipulationVLAConfig.__dataclass_fields__ and k not in DATASET_FIELDS},
-                                     image_size=image_size, num_cameras=1, proprioception_dim=S, action_dim=A,
-                                     num_tasks=len(tasks))
 if init_from:  # fine-tune: architecture, weights and per-task statistics come from the checkpoint (as train_bc.py)
     model = ManipulationVLA.from_pretrained(init_from)
     stored = [t['task'] for t in model.policy_info.get('tasks', [])]
@@ -201,6 +197,10 @@ if init_from:  # fine-tune: architecture, weights and per-task statistics come f
     model_config = model.config
     print0(f"initialized from {init_from}; its config wins over model keys given here")
 else:
+    model_config = ManipulationVLAConfig(**{k: v for k, v in config.items()
+                                            if k in ManipulationVLAConfig.__dataclass_fields__ and k not in DATASET_FIELDS},
+                                         image_size=image_size, num_cameras=1, proprioception_dim=S, action_dim=A,
+                                         num_tasks=len(tasks))
     model = ManipulationVLA(model_config)
     for i, d in enumerate(task_data):
         model.set_normalization_stats({'action': d['stats']['action'], 'observation.state': d['stats'][d['state_key']]}, i)
@@ -320,8 +320,7 @@ for it in pbar:
         pbar.write(f"iter {step}: validation success (mean over tasks) {success:.2f}")
         if success > best_success:
             best_success = success
-            eval_model.save_pretrained(os.path.join(out_dir, 'best'))  # + the recipe, for DAgger's --init_from
-            shutil.copyfile(os.path.join(out_dir, 'train_config.json'), os.path.join(out_dir, 'best', 'train_config.json'))
+            train_common.save_best(eval_model, out_dir)
     if master_process and (step % ckpt_interval == 0 or step == max_iters):
         save_training_state(step, best_success)
 pbar.close()

@@ -14,6 +14,10 @@ The questions are about things the simulator knows exactly, so every answer is c
           + "how is the block rotated relative to the goal?"  -> "45 degrees clockwise" (8 bins of 45 degrees)
           + "where is the pusher?"                            -> "lower right" (quadrant of the table)
           + "does the block cover the goal?"                  -> "yes" (coverage of the goal > 50%)
+Lift (--task=lift): is the cube lifted (2 cm off the table)? is the gripper holding it (both pads touch it)? is the
+gripper open? where is the gripper relative to the cube (above it / at it / away)? ALOHA (--task=aloha_transfer_cube):
+which arm holds the cube (its fingers touch it off the table: the left / the right / both / neither)? is the cube
+on the table? does the right / the left gripper touch it?
 The model is ManipulationVLA itself (vision encoder -> vision_proj -> Qwen2 body), plus an LM head that is not
 part of the policy: for the offline tiny-qwen2 it is tied to the input embeddings (no new weights), for a hub LM
 its own lm_head (frozen). The sequence and loss:
@@ -23,10 +27,10 @@ train_bc.py --init_from loads it; its action head and readouts are untrained, BC
 
 Data: a LeRobot v3.0 dataset, one EPISODE per rendered frame and one ROW per question about it: the row's task
 text is "question? answer" (split at the first '? '), 'observation.image' the frame (repeated per question) and
-'observation.environment_state' float32 (8,) = agent xy, block xy angle, goal xy angle: the answers' truth.
+'observation.environment_state' the answers' truth (PushT: agent xy, block xy angle, goal xy angle; see vqa_spec).
 With internet, --dataset=<hub id> takes an image-text dataset in the same layout from the hub (data.py downloads
 it into the hub cache); a row whose text has no '? ' is a caption, the answer to caption_prompt. Held-out accuracy
-is still measured on PushT frames (resized to the dataset's frame size): what the simulator can check.
+is still measured on the task's simulator frames (resized to the dataset's frame size): what the simulator can check.
 """
 import json
 import os
@@ -43,8 +47,8 @@ import torch.nn.functional as F
 # -----------------------------------------------------------------------------
 # default config values (PushT on one CPU)
 # I/O
-task = 'pusht'  # only 'pusht' has a VQA generator
-out_dir = 'out/vlm_pusht'
+task = 'pusht'  # 'pusht' | 'lift' | 'aloha_transfer_cube': the simulators with a VQA generator (vqa_spec)
+out_dir = ''  # '' = out/vlm_<task>
 dataset = ''  # VQA or caption LeRobot dataset: a folder or hub id; '' = data/vqa_<task>_<vqa_frames>, recorded if missing
 image_key = 'observation.image'  # the dataset's camera
 caption_prompt = 'what does the image show?'  # the question of a row whose text is a caption (no '? ' in it)
@@ -104,24 +108,82 @@ def pusht_answers(state):
             'does the block cover the goal?': 'yes' if b.intersection(g).area / g.area > 0.5 else 'no'}
 
 
-def pusht_frames(n_frames, seed, per_episode=8, horizon=120):
-    """-> n_frames of (image uint8 (96, 96, 3), state float32 (8,)): the expert pushes from a random start
-    (seeds seed, seed+1, ...) and we keep `per_episode` random steps of its first `horizon`: random starts,
-    pushes in progress and near-goal states (the expert needs ~90 steps), so every answer occurs."""
+def lift_answers(state):
+    """state (10,): cube xyz, grip site xyz, finger gap, grasping, table height, cube half-height (m) -> answers."""
+    cube, grip, gap, grasping, table, half = state[0:3], state[3:6], state[6], state[7], state[8], state[9]
+    near = np.linalg.norm(grip[:2] - cube[:2]) < 0.02  # over the cube (it is ~4 cm wide)
+    where = ('at the cube' if near and abs(grip[2] - cube[2]) <= 0.03 else
+             'above the cube' if near and grip[2] > cube[2] else 'away from the cube')
+    return {'is the cube lifted?': 'yes' if cube[2] - (table + half) > 0.02 else 'no',  # 2 cm off the table
+            'is the gripper holding the cube?': 'yes' if grasping > 0.5 else 'no',  # both finger pads touch it
+            'is the gripper open?': 'yes' if gap > 0.06 else 'no',  # ~0.08 m open, ~0.04 on the cube, ~0 closed
+            'where is the gripper relative to the cube?': where}
+
+
+def aloha_answers(state):
+    """state (6,): the cube touches a finger of the left arm, of the right arm, the table (aloha.cube_contacts),
+    cube xyz -> answers. An arm holds the cube when its fingers touch it off the table."""
+    left, right, table = state[0] > 0.5, state[1] > 0.5, state[2] > 0.5
+    holds = 'neither arm' if table or not (left or right) else \
+        'both arms' if left and right else 'the left arm' if left else 'the right arm'
+    return {'which arm holds the cube?': holds,
+            'is the cube on the table?': 'yes' if table else 'no',
+            'does the right gripper touch the cube?': 'yes' if right else 'no',
+            'does the left gripper touch the cube?': 'yes' if left else 'no'}
+
+
+def vqa_spec(task):
+    """-> (answers(stored state) -> {question: answer}, the stored state's names, frames kept per expert rollout,
+    of its first steps)."""
+    specs = {
+        'pusht': (pusht_answers, ['agent_x', 'agent_y', 'block_x', 'block_y', 'block_angle', 'goal_x', 'goal_y',
+                                  'goal_angle'], 8, 120),  # the expert needs ~90 steps
+        'lift': (lift_answers, ['cube_x', 'cube_y', 'cube_z', 'grip_x', 'grip_y', 'grip_z', 'finger_gap', 'grasping',
+                                'table_z', 'cube_half_z'], 8, 60),  # grasped by ~step 35, lifted by ~50
+        'aloha_transfer_cube': (aloha_answers, ['touch_left', 'touch_right', 'touch_table', 'cube_x', 'cube_y',
+                                                'cube_z'], 40, 400)}  # the handover happens around steps 200-300
+    if task not in specs:
+        raise ValueError(f"no VQA generator for task {task!r}: one of {list(specs)}")
+    return specs[task]
+
+
+def vqa_state(task, env):
+    """The simulator's truth behind the answers, as stored with each frame (observation.environment_state)."""
+    u = env.unwrapped
+    if task == 'pusht':
+        import pusht
+        return np.r_[pusht.get_state(env)[[0, 1, 4, 5, 6]], u.goal_pose].astype(np.float32)
+    if task == 'lift':
+        gap = float(np.abs(u.finger_qpos()).sum())
+        return np.r_[u.cube_pos(), u.eef_pos(), gap, u.is_grasping(), u.table_height, u.cube_half_size[2]
+                     ].astype(np.float32)
+    import aloha
+    return np.r_[aloha.cube_contacts(u.physics), u.physics.data.qpos[16:19]].astype(np.float32)
+
+
+def task_frames(task, n_frames, seed, per_episode=None, horizon=None):
+    """-> n_frames of (image uint8 (S, S, 3), state float32): the task's expert runs from random starts (seeds
+    seed, seed+1, ...) and we keep `per_episode` random steps of its first `horizon`: starts, motions in progress
+    and finished states, so every answer occurs. gym-pusht draws every step anyway; the MuJoCo tasks step without
+    images (~30x faster) and render only the kept frames, through the camera their observations use."""
     import envs
-    import pusht
+    _, _, per_episode_, horizon_ = vqa_spec(task)
+    per_episode, horizon = per_episode or per_episode_, horizon or horizon_
+    spec, pixels = envs.TASKS[task], task == 'pusht'
     rng, out, ep = np.random.default_rng(seed), [], seed
-    env, expert = envs.make_env('pusht'), envs.make_expert('pusht', seed=seed)
+    env, expert = envs.make_env(task, obs_type=None if pixels else 'state'), envs.make_expert(task, seed=seed)
     while len(out) < n_frames:
         obs, _ = env.reset(seed=ep)
         expert.reset()
         keep = set(rng.choice(horizon, per_episode, replace=False).tolist())
         for t in range(max(keep) + 1):
-            if t in keep:
-                state = np.r_[pusht.get_state(env)[[0, 1, 4, 5, 6]], env.unwrapped.goal_pose].astype(np.float32)
-                out.append((envs.obs_to_frame('pusht', obs)['observation.image'], state))
-            obs, _, done, _, _ = env.step(expert.get_action(env))
-            if done:  # success ends the episode
+            if t in keep:  # the frame the policy would see: the observation's camera at its size
+                size = spec['image_size']
+                image = (envs.obs_to_frame(task, obs)[spec['image_keys'][0]] if pixels
+                         else env.unwrapped._camera(size, size))
+                out.append((image, vqa_state(task, env)))
+            obs, _, done, truncated, _ = env.step(expert.get_action(env))
+            if done and pixels or truncated:  # PushT ends at success; the arms go on (lifted, handed over)
                 break
         ep += 1
     env.close()
@@ -131,22 +193,21 @@ def pusht_frames(n_frames, seed, per_episode=8, horizon=120):
 def record_vqa(task, n_frames, out_dir, seed=0):
     """Render n_frames and write their QA pairs as a LeRobot v3.0 dataset (format: see the top of this file)."""
     import dataset_writer
-    if task != 'pusht':
-        raise ValueError(f"no VQA generator for task {task!r} (PushT only)")
-    frames = pusht_frames(n_frames, seed)
+    import envs
+    answers, names, _, _ = vqa_spec(task)
+    frames = task_frames(task, n_frames, seed)
     h, w = frames[0][0].shape[:2]
     features = {'observation.image': {'dtype': 'image', 'shape': (h, w, 3), 'names': ['height', 'width', 'channels']},
-                'observation.environment_state': {'dtype': 'float32', 'shape': (8,), 'names': [
-                    'agent_x', 'agent_y', 'block_x', 'block_y', 'block_angle', 'goal_x', 'goal_y', 'goal_angle']}}
-    writer = dataset_writer.LeRobotDatasetWriter(out_dir, fps=10, features=features)
+                'observation.environment_state': {'dtype': 'float32', 'shape': (len(names),), 'names': names}}
+    writer = dataset_writer.LeRobotDatasetWriter(out_dir, fps=envs.TASKS[task]['fps'], features=features)
     for image, state in frames:
-        for q, a in pusht_answers(state).items():
+        for q, a in answers(state).items():
             writer.add_frame({'observation.image': image, 'observation.environment_state': state}, task=f'{q} {a}')
         writer.save_episode()
     writer.finalize()
 
 
-def split_qa(text, prompt='what does the image show?'):
+def split_qa(text, prompt):
     """'question? answer' -> ('question?', 'answer'); a caption (a hub image-text dataset) answers `prompt`."""
     if '? ' not in text:
         return prompt, text
@@ -275,8 +336,11 @@ import train_common  # noqa: E402
 import data  # noqa: E402
 import envs  # noqa: E402
 
-if task != 'pusht':
-    raise SystemExit(f"train_vlm.py generates VQA data for task 'pusht' only, got {task!r}")
+try:
+    answers = vqa_spec(task)[0]
+except ValueError as e:
+    raise SystemExit(f"train_vlm.py --task={task}: {e}")
+out_dir = config['out_dir'] = out_dir or f'out/vlm_{task}'
 if use_depth:
     raise SystemExit("use_depth=True: the VQA frames have no depth; stage 1 trains on RGB only")
 _, _, _, device = train_common.init_distributed(device)  # one process: stage 1 is short
@@ -288,7 +352,7 @@ os.makedirs(out_dir, exist_ok=True)
 
 # data: recorded once (aside, then renamed, like train_bc.py); held-out frames come from validation seeds
 dataset_path = dataset or os.path.join('data', f'vqa_{task}_{vqa_frames}')
-local = not dataset or os.path.isdir(os.path.dirname(os.path.abspath(dataset)))  # else a hub id (data.py's rule)
+local = not dataset or not data.is_hub_id(dataset)  # the default folder is recorded here
 if local and not os.path.exists(os.path.join(dataset_path, 'meta', 'info.json')):
     if os.path.exists(dataset_path):
         raise SystemExit(f"{dataset_path} exists but holds no dataset (no meta/info.json): delete or move it")
@@ -301,11 +365,11 @@ if local and not os.path.exists(os.path.join(dataset_path, 'meta', 'info.json'))
 ds = data.LeRobotDataset(dataset_path, camera_keys=[image_key])  # a hub id downloads into the hub cache (data.py)
 train_images = ds.frames[image_key]  # (N, H, W, 3) uint8
 train_qas = [split_qa(ds.meta.tasks[int(i)], caption_prompt) for i in ds.columns['task_index']]
-eval_frames_ = pusht_frames(eval_frames, envs.VAL_SEED)
-eval_images = np.stack([f for f, s in eval_frames_ for _ in pusht_answers(s)])  # one row per question, like the data
+eval_frames_ = task_frames(task, eval_frames, envs.VAL_SEED)
+eval_images = np.stack([f for f, s in eval_frames_ for _ in answers(s)])  # one row per question, like the data
 eval_images = data.resize_images(torch.from_numpy(eval_images).permute(0, 3, 1, 2),  # to the dataset's frame size
                                  train_images.shape[1:3]).permute(0, 2, 3, 1).numpy()
-eval_qas = [qa for _, s in eval_frames_ for qa in pusht_answers(s).items()]
+eval_qas = [qa for _, s in eval_frames_ for qa in answers(s).items()]
 majority = {q: Counter(a for q2, a in train_qas if q2 == q).most_common(1)[0][0] for q, _ in set(train_qas)}
 baseline = float(np.mean([majority.get(q) == a for q, a in eval_qas]))  # the answer a blind model would give
 print(f"dataset {dataset_path}: {len(train_qas)} QA rows from {ds.meta.total_episodes} frames; "

@@ -2,7 +2,8 @@
 What a DAgger label costs: roll out a PushT policy and let the expert label every state it visits
 (envs.label_rollouts, what train_dagger.py runs each round), with 1 and with N worker processes.
 The expert re-plans at every state the learner drives it to, so labels cost far more than recording
-the expert's own demonstrations (where it follows its plan).
+the expert's own demonstrations (where it follows its plan). --segment=8 --beta=0.5 measures train_dagger.py's
+default, where the expert drives (and labels) whole segments.
 
     python bench/bench_dagger_labels.py --ckpt=out/pusht --rollouts=8 --workers=1,2
     python bench/bench_dagger_labels.py --ckpt=out/pusht --save=bench/dagger_labels_baseline.json
@@ -26,7 +27,9 @@ def main():
     p.add_argument('--rollouts', type=int, default=8)
     p.add_argument('--workers', default='1,2', help='comma-separated worker counts')
     p.add_argument('--max_steps', type=int, default=300)
-    p.add_argument('--beta', type=float, default=0.0, help='probability that the expert drives a step')
+    p.add_argument('--beta', type=float, default=0.0, help='probability that the expert drives a step (segment)')
+    p.add_argument('--segment', type=int, default=0, help='0 = per-step labels of every state; H = the expert '
+                   'drives whole H-step segments, only those recorded (train_dagger.py --expert_segment)')
     p.add_argument('--save', default='', help='write the results as JSON (a baseline)')
     p.add_argument('--compare', default='', help='a saved baseline: add its labels/s and the speed-up')
     args = p.parse_args()
@@ -35,12 +38,13 @@ def main():
     rows = []
     for w in [int(x) for x in args.workers.split(',')]:
         t0 = time.perf_counter()
-        eps = list(envs.label_rollouts('pusht', args.ckpt, seeds, args.beta, args.max_steps, [0], num_workers=w))
+        eps = list(envs.label_rollouts('pusht', args.ckpt, seeds, args.beta, args.max_steps, [0], num_workers=w,
+                                       segment=args.segment))
         sec = time.perf_counter() - t0
         labels = sum(e['labels'] for e in eps)
         rows.append(dict(workers=w, rollouts=len(eps), labels=labels, seconds=sec, labels_per_s=labels / sec,
                          min_per_200=sec / len(eps) * 200 / 60))
-    print(f"DAgger labelling, {args.ckpt}, beta={args.beta}, {os.cpu_count()} CPUs (process start included)")
+    print(f"DAgger labelling, {args.ckpt}, beta={args.beta}, segment={args.segment}, {os.cpu_count()} CPUs (process start included)")
     print(f"{'workers':>7} {'rollouts':>8} {'labels':>7} {'seconds':>8} {'labels/s':>9} {'min/200':>8}"
           + (f" {'base/s':>8} {'speed-up':>8}" if base else ''))
     for r in rows:

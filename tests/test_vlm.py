@@ -86,13 +86,50 @@ def test_vqa_answers_match_the_simulator(tmp_path):
     ds = data.LeRobotDataset(tmp_path / 'vqa')
     assert ds.meta.total_episodes == 3 and len(ds) == 12
     for i in range(len(ds)):
-        q, a = VLM['split_qa'](ds.meta.tasks[int(ds.columns['task_index'][i])])
+        q, a = VLM['split_qa'](ds.meta.tasks[int(ds.columns['task_index'][i])], 'what does the image show?')
         state = ds.columns['observation.environment_state'][i].astype(np.float64)
         assert VLM['pusht_answers'](state)[q] == a
         image = ds.frames['observation.image'][i]
         col, row = agent_pixel(image)
         assert abs(col * 512 / 96 - state[0]) < 10 and abs(row * 512 / 96 - state[1]) < 10
         assert (image == ds.frames['observation.image'][i - i % 4]).all()  # one frame per episode
+
+
+@pytest.mark.parametrize('task, start, later', [
+    # Lift: at rest, the gripper open and away; after 60 expert steps the cube is grasped and 2+ cm up
+    ('lift', {'is the cube lifted?': 'no', 'is the gripper holding the cube?': 'no',
+              'where is the gripper relative to the cube?': 'away from the cube'},
+     (60, {'is the cube lifted?': 'yes', 'is the gripper holding the cube?': 'yes', 'is the gripper open?': 'no',
+           'where is the gripper relative to the cube?': 'at the cube'})),
+    # ALOHA: the cube is dropped onto the table at the start; at step 150 the right arm carries it, at 350 the left
+    ('aloha_transfer_cube', {'which arm holds the cube?': 'neither arm', 'does the right gripper touch the cube?': 'no'},
+     (150, {'which arm holds the cube?': 'the right arm', 'is the cube on the table?': 'no'})),
+    ('aloha_transfer_cube', {'does the left gripper touch the cube?': 'no'},
+     (350, {'which arm holds the cube?': 'the left arm', 'does the right gripper touch the cube?': 'no'})),
+])
+def test_arm_task_answers_follow_the_expert(task, start, later, tmp_path):
+    """The Lift and ALOHA questions, answered from the simulator's state along an expert rollout (seed 0), say
+    what the expert is known to do by then; recorded frames keep the state their answers come from."""
+    import data
+    import envs
+    answers = VLM['vqa_spec'](task)[0]
+    env, expert = envs.make_env(task, obs_type='state'), envs.make_expert(task)
+    env.reset(seed=0)
+    expert.reset()
+    assert answers(VLM['vqa_state'](task, env)).items() >= start.items()
+    step, want = later
+    for _ in range(step):
+        env.step(expert.get_action(env))
+    now = answers(VLM['vqa_state'](task, env))
+    assert now.items() >= want.items(), now
+    env.close()
+    VLM['record_vqa'](task, 2, tmp_path / 'vqa', seed=0)
+    ds = data.LeRobotDataset(tmp_path / 'vqa')
+    assert ds.meta.total_episodes == 2 and len(ds) == 2 * len(now)
+    assert ds.frames['observation.image'].shape[1:] == (96, 96, 3) and ds.frames['observation.image'].std() > 10
+    for i in range(len(ds)):
+        q, a = VLM['split_qa'](ds.meta.tasks[int(ds.columns['task_index'][i])], 'what does the image show?')
+        assert answers(ds.columns['observation.environment_state'][i].astype(np.float64))[q] == a
 
 
 def test_answer_loss_overfits_a_fixed_batch():
@@ -179,7 +216,8 @@ def test_hub_caption_dataset_trains_through_the_hub_cache(tmp_path):
     assert 'dataset tester/shapes: 6 QA rows from 3 frames' in r.stdout
     model = ManipulationVLA.from_pretrained(str(out))
     assert model.config.image_hw == (32, 32) and model.policy_info['dataset'] == 'tester/shapes'
-    qas = [VLM['split_qa'](t) for t in ('a red square on black', 'what color is the square? red')]
+    qas = [VLM['split_qa'](t, 'what does the image show?') for t in ('a red square on black',
+                                                                  'what color is the square? red')]
     assert qas == [('what does the image show?', 'a red square on black'), ('what color is the square?', 'red')]
     assert not (tmp_path / 'tester').exists() and not os.path.exists(os.path.join(REPO, 'tester'))  # nothing recorded
 
