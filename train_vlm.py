@@ -161,14 +161,13 @@ def vqa_state(task, env):
     return np.r_[aloha.cube_contacts(u.physics), u.physics.data.qpos[16:19]].astype(np.float32)
 
 
-def task_frames(task, n_frames, seed, per_episode=None, horizon=None):
+def task_frames(task, n_frames, seed):
     """-> n_frames of (image uint8 (S, S, 3), state float32): the task's expert runs from random starts (seeds
-    seed, seed+1, ...) and we keep `per_episode` random steps of its first `horizon`: starts, motions in progress
+    seed, seed+1, ...) and we keep vqa_spec's per_episode random steps of its first horizon: starts, motions in progress
     and finished states, so every answer occurs. gym-pusht draws every step anyway; the MuJoCo tasks step without
     images (~30x faster) and render only the kept frames, through the camera their observations use."""
     import envs
-    _, _, per_episode_, horizon_ = vqa_spec(task)
-    per_episode, horizon = per_episode or per_episode_, horizon or horizon_
+    _, _, per_episode, horizon = vqa_spec(task)
     spec, pixels = envs.TASKS[task], task == 'pusht'
     rng, out, ep = np.random.default_rng(seed), [], seed
     env, expert = envs.make_env(task, obs_type=None if pixels else 'state'), envs.make_expert(task, seed=seed)

@@ -51,9 +51,9 @@ def train(args, cwd=REPO, env=None, check=True):
 def train_forked(jobs):
     """Run train_bc.py once per job, side by side, each forked from one process that imported torch and
     transformers once (those imports are most of a tiny run's time). jobs: [(out_dir, kill_at, argv)]: kill_at
-    > 0 kills that run at its kill_at-th file operation in out_dir (see KILLER). -> [(exit code, stderr tail)]."""
+    > 0 kills that run at its kill_at-th file operation in out_dir (see FORKED_RUNS). -> [(exit code, stderr tail)]."""
     spec = [dict(out=out, kill_at=k, argv=argv) for out, k, argv in jobs]
-    r = subprocess.run([sys.executable, '-c', KILLER, json.dumps(spec)], cwd=REPO, capture_output=True,
+    r = subprocess.run([sys.executable, '-c', FORKED_RUNS, json.dumps(spec)], cwd=REPO, capture_output=True,
                        text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS='1'))
     assert r.returncode == 0, r.stderr[-3000:]
     codes = json.loads(r.stdout.strip().splitlines()[-1])
@@ -149,7 +149,7 @@ def test_compiled_run_resumes_and_saves_plain_weights(tiny_dataset, tmp_path):
 # Runs train_bc.py once per job, each in a process forked from this one after the heavy imports, with its file
 # operations in out_dir counted (and logged to out_dir.ops.log) and the process killed at operation kill_at: before
 # an os.replace / os.remove, or halfway through writing a file. Prints the jobs' exit codes as one JSON list.
-KILLER = r"""
+FORKED_RUNS = r"""
 import json, os, runpy, sys, traceback
 import torch, transformers, safetensors.torch as st
 from transformers import Qwen2Config, Qwen2Model
