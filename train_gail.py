@@ -3,6 +3,7 @@ GAIL: Generative Adversarial Imitation Learning (Ho & Ermon 2016), with PPO (Sch
 
     python train_gail.py --task=pusht                      # state features (fast on a CPU)
     python train_gail.py --task=pusht --obs_mode=pixels --init_from=out/pusht_gauss   # images, a VLA Gaussian policy
+    python train_gail.py --task=pusht --action_steps=8     # the policy acts in chunks of 8 targets, as BC's do
 
 A discriminator D(s, a) learns to tell expert pairs (label 1) from the policy's (label 0); the
 policy is trained by reinforcement learning to make D believe it, with reward
@@ -41,6 +42,8 @@ expert_episodes = 20  # expert demonstrations recorded with simulator state (see
 bc_iters = 3000  # behavior-cloning pretraining of the policy on the demonstrations (0 = start random)
 ppo_iters = 30  # rounds of: collect rollouts -> update discriminator -> PPO update
 steps_per_iter = 2048  # environment steps collected per round
+action_steps = 1  # target positions per decision: the policy emits a chunk of this many and executes all of it, as
+# BC policies do (issue 15: re-planning every step drops them 0.28 -> 0.06); PPO sees the chunk as one action
 ppo_epochs = 4
 minibatch_size = 256
 clip_eps = 0.2  # PPO ratio clip
@@ -71,6 +74,8 @@ from heads import GaussianActionHead  # noqa: E402
 
 if obs_mode not in ('state', 'pixels'):
     raise SystemExit(f"obs_mode must be 'state' or 'pixels', got {obs_mode!r}")
+if not (isinstance(action_steps, int) and action_steps >= 1):
+    raise SystemExit(f"action_steps must be an int >= 1, got {action_steps!r}")
 if task != 'pusht':
     raise SystemExit("train_gail.py's state features are PushT's (agent and block pose): only --task=pusht for now")
 spec = envs.TASKS[task]
@@ -103,9 +108,9 @@ def observe(env, obs):
     return envs.obs_to_frame(task, obs)
 
 
-def to_env_action(a):
-    """Normalized action in [-1, 1]^2 -> PushT target position in pixels."""
-    return (np.clip(a, -1, 1) + 1) / 2 * (HIGH - LOW) + LOW
+def to_env_actions(a):
+    """A normalized chunk, flat (action_steps * 2,) in [-1, 1] -> (action_steps, 2) PushT target positions in pixels."""
+    return (np.clip(np.asarray(a).reshape(-1, 2), -1, 1) + 1) / 2 * (HIGH - LOW) + LOW
 
 
 def from_env_action(a):
@@ -139,21 +144,21 @@ class ObsEncoder(nn.Module):
 
 
 class StatePolicy(nn.Module):
-    """State features -> a Gaussian over the next target position (heads.GaussianActionHead, chunk 1)."""
+    """State features -> a Gaussian over the next action_steps target positions (heads.GaussianActionHead)."""
 
     def __init__(self, obs_dim, action_dim):
         super().__init__()
         self.body = mlp(obs_dim, hidden_dim)
-        self.head = GaussianActionHead(hidden_dim, action_dim, chunk_size=1, hidden_dim=hidden_dim)
+        self.head = GaussianActionHead(hidden_dim, action_dim, chunk_size=action_steps, hidden_dim=hidden_dim)
 
-    def distribution(self, obs):  # -> mean, log_std (B, A)
+    def distribution(self, obs):  # -> mean, log_std (B, action_steps * A): the chunk is one action to PPO
         mean, log_std = self.head.distribution(self.body(obs))
-        return mean[:, 0], log_std[:, 0]
+        return mean.flatten(1), log_std.flatten(1)
 
 
 class PixelPolicy(nn.Module):
     """A ManipulationVLA with a Gaussian head; obs is a batch in the model convention. The chunk's
-    first action is the one executed, so its probability is the one PPO needs."""
+    first action_steps actions are the ones executed, so their probability is the one PPO needs."""
 
     def __init__(self, vla, instruction):
         super().__init__()
@@ -165,8 +170,8 @@ class PixelPolicy(nn.Module):
         mean, log_std = self.vla.head.distribution(cond)  # normalized by the dataset's action min/max
         # re-express in this script's [-1, 1] of the whole arena: an affine map, so log_std shifts by log(scale)
         scale = (self.vla.action_max - self.vla.action_min) / (HIGH - LOW)
-        raw = self.vla.unnormalize_action((mean + self.vla.action_origin(obs['proprio']))[:, 0])
-        return 2 * (raw - LOW) / (HIGH - LOW) - 1, log_std[:, 0] + torch.log(scale)
+        raw = self.vla.unnormalize_action((mean + self.vla.action_origin(obs['proprio']))[:, :action_steps])
+        return (2 * (raw - LOW) / (HIGH - LOW) - 1).flatten(1), (log_std[:, :action_steps] + torch.log(scale)).flatten(1)
 
 
 class Discriminator(nn.Module):
@@ -201,9 +206,10 @@ def index_obs(obs, idx):
 # -----------------------------------------------------------------------------
 # expert demonstrations, recorded with the simulator state (the LeRobot dataset holds only pixels)
 def record_expert(n):
-    """-> (observations, actions in [-1, 1]) from the successful ones of n expert episodes on training seeds."""
+    """-> (observations, actions in [-1, 1], episode index of each pair) from the successful ones of n expert
+    episodes on training seeds."""
     env, expert = envs.make_env(task), envs.make_expert(task)
-    obs_list, act_list, ok = [], [], 0
+    obs_list, act_list, episode, ok = [], [], [], 0
     for s in tqdm(range(n), desc='expert demos'):
         obs, info = env.reset(seed=s)
         expert.reset()
@@ -216,12 +222,22 @@ def record_expert(n):
             if envs.is_success(info) or term or trunc:
                 break
         if envs.is_success(info):
-            ok += 1
             obs_list += ep_obs
             act_list += ep_act
+            episode += [ok] * len(ep_act)
+            ok += 1
     env.close()
     print(f"expert: {ok}/{n} episodes succeeded, {len(act_list)} state-action pairs")
-    return batch_obs(obs_list), torch.from_numpy(np.stack(act_list))
+    return batch_obs(obs_list), torch.from_numpy(np.stack(act_list)), torch.tensor(episode)
+
+
+def expert_chunks(actions, episode, k):
+    """Per-step expert actions (N, A) -> the chunk each state's policy should emit: the next k actions of the same
+    episode, flat (N, k * A). Past the episode's end the last action repeats: the pusher holds where it finished
+    (LeRobot pads chunks the same way)."""
+    idx = torch.arange(len(actions))[:, None] + torch.arange(k)[None]  # (N, k)
+    last = torch.searchsorted(episode, episode, right=True) - 1  # each pair's episode's last step (episodes in order)
+    return actions[torch.minimum(idx, last[:, None])].flatten(1)
 
 
 def disc_reward(obs, a):
@@ -238,14 +254,18 @@ def evaluate(n_episodes, start_seed):
     for s in range(start_seed, start_seed + n_episodes):
         obs, info = env.reset(seed=s)
         best.append(0.0)
-        for t in range(spec['max_steps']):
+        t, ended = 0, False
+        while t < spec['max_steps'] and not ended:
             o = batch_obs([observe(env, obs)])
             mean, _ = policy.distribution(o)
             rewards.append(disc_reward(o, mean).item())
-            obs, r, term, trunc, info = env.step(to_env_action(mean[0].numpy()))
-            best[-1] = max(best[-1], float(r))
-            if envs.is_success(info) or term or trunc:
-                break
+            for target in to_env_actions(mean[0].numpy()):  # the whole chunk, as the BC policies run
+                obs, r, term, trunc, info = env.step(target)
+                t += 1
+                best[-1] = max(best[-1], float(r))
+                ended = envs.is_success(info) or term or trunc or t >= spec['max_steps']
+                if ended:
+                    break
         successes.append(envs.is_success(info))
     env.close()
     return float(np.mean(successes)), float(np.mean(rewards)), float(np.mean(best))
@@ -253,17 +273,23 @@ def evaluate(n_episodes, start_seed):
 
 @torch.no_grad()
 def collect(env, n_steps, carry):
-    """Roll out the stochastic policy for n_steps (across episode ends). carry = (obs, info, t, seed)
-    continues the episode in progress. -> dict of tensors and the new carry."""
+    """Roll out the stochastic policy for n_steps environment steps (across episode ends). carry = (obs, t, seed)
+    continues the episode in progress. One transition per decision: a chunk of action_steps targets is one
+    action of a semi-MDP, and its discriminator reward is the reward of that step (Sutton et al. 1999's options,
+    discounted per decision). -> dict of tensors, the new carry, the successes of the episodes that ended."""
     obs_l, act_l, logp_l, done_l, trunc_l, next_obs_l, successes = [], [], [], [], [], [], []
     raw_obs, t, ep_seed = carry
-    for _ in range(n_steps):
+    steps = 0
+    while steps < n_steps:
         o = observe(env, raw_obs)
         mean, log_std = policy.distribution(batch_obs([o]))
-        a = mean + log_std.exp() * torch.randn_like(mean)  # (1, A) a sample of pi(.|s)
-        raw_obs, r, term, trunc, info = env.step(to_env_action(a[0].numpy()))
-        t += 1
-        success = envs.is_success(info)
+        a = mean + log_std.exp() * torch.randn_like(mean)  # (1, action_steps * A) a sample of pi(.|s)
+        for target in to_env_actions(a[0].numpy()):
+            raw_obs, r, term, trunc, info = env.step(target)
+            t, steps = t + 1, steps + 1
+            success = envs.is_success(info)
+            if success or term or trunc or t >= spec['max_steps']:
+                break
         trunc = (trunc or t >= spec['max_steps']) and not success
         obs_l.append(o)
         act_l.append(a[0])
@@ -392,23 +418,27 @@ def load_checkpoint():
 
 # -----------------------------------------------------------------------------
 # build: demonstrations, policy, value, discriminator
-expert_path = os.path.join(out_dir, f'expert_demos_{expert_episodes}ep.safetensors')
+expert_path = os.path.join(out_dir, f'expert_steps_{expert_episodes}ep.safetensors')  # per step, any action_steps
 if obs_mode == 'state' and os.path.exists(expert_path):
     saved = load_file(expert_path)
-    expert_obs, expert_act = saved['obs'], saved['action']
+    expert_obs, expert_step_act, expert_episode = saved['obs'], saved['action'], saved['episode']
 else:
-    expert_obs, expert_act = record_expert(expert_episodes)
+    expert_obs, expert_step_act, expert_episode = record_expert(expert_episodes)
     if obs_mode == 'state':
-        save_file({'obs': expert_obs, 'action': expert_act}, expert_path + '.tmp')
+        save_file({'obs': expert_obs, 'action': expert_step_act, 'episode': expert_episode}, expert_path + '.tmp')
         os.replace(expert_path + '.tmp', expert_path)
+expert_act = expert_chunks(expert_step_act, expert_episode, action_steps)  # (N, action_steps * 2)
 obs_dim = expert_obs.shape[1] if obs_mode == 'state' else 0
 if obs_mode == 'state':
     policy = StatePolicy(obs_dim, 2)
 else:
     policy = PixelPolicy(ManipulationVLA.from_pretrained(init_from), spec['instruction'])
+    if action_steps > policy.vla.config.action_chunk_size:
+        raise SystemExit(f"action_steps={action_steps} exceeds {init_from}'s action_chunk_size "
+                         f"({policy.vla.config.action_chunk_size}): pass --action_steps=<at most that>")
 value_encoder = ObsEncoder(obs_dim)
 value_fn = nn.Sequential(value_encoder, mlp(value_encoder.out_dim, 1))
-discriminator = Discriminator(obs_dim, 2)
+discriminator = Discriminator(obs_dim, 2 * action_steps)
 opt_pi = torch.optim.Adam(list(policy.parameters()) + list(value_fn.parameters()), lr=learning_rate)
 opt_d = torch.optim.Adam(discriminator.parameters(), lr=disc_learning_rate)
 

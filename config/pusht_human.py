@@ -10,7 +10,7 @@
 # the pusher's own position (relative_actions) instead of an absolute target it must first reproduce to ~1 px.
 # Measured (RESULTS.md, 200 test seeds): 0.465 success (avg max reward 0.838) after 60 min of training; the same
 # recipe with absolute actions 0.315 (0.799); LeRobot's diffusion_pusht reaches 0.638 after 200k GPU steps,
-# so the target is NOT reached yet.
+# so the target is NOT reached yet. 20000 iterations (~100 min) gave 0.435 (0.849): no better, so 14000 stays.
 task = 'pusht'  # the simulator: gym-pusht (the dataset's own task text conditions the policy)
 dataset = 'lerobot/pusht'
 out_dir = 'out/pusht_human'

@@ -95,6 +95,16 @@ def test_ppo_update_raises_log_prob_of_positive_advantage_actions():
     assert ratio.max() < 3.0  # the clip stopped the push (unclipped it would keep going)
 
 
+def test_expert_chunks_stay_inside_their_episode():
+    ns = script_functions('train_gail.py', ['expert_chunks'])
+    actions = torch.arange(10.0).view(5, 2)  # 5 steps, A=2: step i is (2i, 2i+1)
+    episode = torch.tensor([0, 0, 0, 1, 1])
+    chunks = ns['expert_chunks'](actions, episode, 3)  # (5, 3 * 2)
+    step = chunks.view(5, 3, 2)[..., 0] / 2  # which step each chunk entry came from
+    assert step.tolist() == [[0, 1, 2], [1, 2, 2], [2, 2, 2], [3, 4, 4], [4, 4, 4]]  # the last action repeats
+    assert torch.equal(ns['expert_chunks'](actions, episode, 1), actions)
+
+
 def test_dagger_beta_schedule():
     ns = script_functions('train_dagger.py', ['beta_at'], beta=0.8, beta_decay=0.5)
     assert [ns['beta_at'](i) for i in range(4)] == pytest.approx([0.8, 0.4, 0.2, 0.1])
@@ -200,10 +210,16 @@ def test_dagger_names_the_tasks_of_a_checkpoint_without_the_task(tmp_path):
 def test_gail_state_mode_runs_and_resumes(tmp_path):
     out = str(tmp_path / 'gail')
     args = ['--task=pusht', f'--out_dir={out}', '--expert_episodes=1', '--bc_iters=20', '--ppo_iters=2',
-            '--steps_per_iter=64', '--minibatch_size=32', '--eval_episodes=1', '--eval_interval=0', '--ppo_epochs=2']
+            '--steps_per_iter=64', '--minibatch_size=32', '--eval_episodes=1', '--eval_interval=0', '--ppo_epochs=2',
+            '--action_steps=4']
     run('train_gail.py', args)
     state = json.load(open(os.path.join(out, 'gail_state.json')))
     assert state['iter'] == 2
+    from safetensors.torch import load_file
+    tensors = load_file(os.path.join(out, state['tensors']))
+    # a chunk of 4 targets is one action: the policy emits 4 means + 4 log-stds per xy, D reads 10 features + 4 xy
+    assert tensors['policy.head.net.4.weight'].shape[0] == 2 * 4 * 2
+    assert tensors['disc.net.0.weight'].shape[1] == 10 + 4 * 2
     rounds = [h for h in state['history'] if 'disc_acc' in h]
     assert len(rounds) == 2 and all(0.0 <= h['disc_acc'] <= 1.0 and h['mean_reward'] > 0 for h in rounds)
     assert [h for h in state['history'] if 'test_success' in h][0]['iter'] == 0  # evaluated before
