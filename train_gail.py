@@ -245,6 +245,20 @@ def disc_reward(obs, a):
     return F.softplus(discriminator(obs, a))
 
 
+def step_chunk(env, chunk, t):
+    """Execute a normalized chunk's targets (the whole chunk, as the BC policies run) until the episode ends:
+    success, termination, or the task's step limit at step t. -> (obs, best env reward, info, t, success, term, ended)."""
+    best = 0.0
+    for target in to_env_actions(chunk):
+        obs, r, term, trunc, info = env.step(target)
+        t, best = t + 1, max(best, float(r))
+        success = envs.is_success(info)
+        ended = success or term or trunc or t >= spec['max_steps']
+        if ended:
+            break
+    return obs, best, info, t, success, term, ended
+
+
 @torch.no_grad()
 def evaluate(n_episodes, start_seed):
     """Success rate, mean discriminator reward and mean over episodes of the best env reward (PushT: goal
@@ -259,13 +273,8 @@ def evaluate(n_episodes, start_seed):
             o = batch_obs([observe(env, obs)])
             mean, _ = policy.distribution(o)
             rewards.append(disc_reward(o, mean).item())
-            for target in to_env_actions(mean[0].numpy()):  # the whole chunk, as the BC policies run
-                obs, r, term, trunc, info = env.step(target)
-                t += 1
-                best[-1] = max(best[-1], float(r))
-                ended = envs.is_success(info) or term or trunc or t >= spec['max_steps']
-                if ended:
-                    break
+            obs, r, info, t, _, _, ended = step_chunk(env, mean[0].numpy(), t)
+            best[-1] = max(best[-1], r)
         successes.append(envs.is_success(info))
     env.close()
     return float(np.mean(successes)), float(np.mean(rewards)), float(np.mean(best))
@@ -284,20 +293,17 @@ def collect(env, n_steps, carry):
         o = observe(env, raw_obs)
         mean, log_std = policy.distribution(batch_obs([o]))
         a = mean + log_std.exp() * torch.randn_like(mean)  # (1, action_steps * A) a sample of pi(.|s)
-        for target in to_env_actions(a[0].numpy()):
-            raw_obs, r, term, trunc, info = env.step(target)
-            t, steps = t + 1, steps + 1
-            success = envs.is_success(info)
-            if success or term or trunc or t >= spec['max_steps']:
-                break
-        trunc = (trunc or t >= spec['max_steps']) and not success
+        t0 = t
+        raw_obs, _, info, t, success, term, ended = step_chunk(env, a[0].numpy(), t)
+        steps += t - t0
+        trunc = ended and not (success or term)
         obs_l.append(o)
         act_l.append(a[0])
         logp_l.append(log_prob(mean, log_std, a)[0])
         next_obs_l.append(observe(env, raw_obs))
         done_l.append(float(success or term))  # terminal: no bootstrap after success
         trunc_l.append(float(trunc))  # time limit: bootstrap from V(next state) (Pardo et al. 2018)
-        if success or term or trunc:
+        if ended:
             successes.append(success)
             ep_seed += 1
             raw_obs, _ = env.reset(seed=ep_seed)

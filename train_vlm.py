@@ -177,9 +177,8 @@ def task_frames(task, n_frames, seed):
         keep = set(rng.choice(horizon, per_episode, replace=False).tolist())
         for t in range(max(keep) + 1):
             if t in keep:  # the frame the policy would see: the observation's camera at its size
-                size = spec['image_size']
                 image = (envs.obs_to_frame(task, obs)[spec['image_keys'][0]] if pixels
-                         else env.unwrapped._camera(size, size))
+                         else env.unwrapped._camera(spec['image_size'], spec['image_size']))
                 out.append((image, vqa_state(task, env)))
             obs, _, done, truncated, _ = env.step(expert.get_action(env))
             if done and pixels or truncated:  # PushT ends at success; the arms go on (lifted, handed over)
