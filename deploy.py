@@ -42,7 +42,7 @@ format = 'torchscript'  # export: 'torchscript' (.pt, torch.jit.load) | 'export'
 policy = ''  # run: a checkpoint folder (weights + JSON, run with this repo's model code), or an exported file
 trust_exported_code = False  # run: an exported .pt/.pt2 is a PROGRAM (TorchScript / pickle): loading one can run
 #                              arbitrary code. True runs it; only for files you exported yourself and kept safe
-robot = 'sim'  # run: 'sim' (the task's simulator); a real robot implements SimRobot's interface (see below)
+robot = 'sim'  # run: 'sim' (the task's simulator); a real robot implements envs.SimRobot's interface
 task = ''  # export/run: which task of a multi-task checkpoint ('' = its only task; run: the exported file's)
 instruction = ''  # run: must match the exported instruction ('' = the stored one)
 rate = 10.0  # control rate in Hz (PushT's simulator runs at 10 Hz); 0 = as fast as possible
@@ -433,35 +433,8 @@ class SafetyShield:
 
 
 # -----------------------------------------------------------------------------
-# robots: get_observation() -> frame dict with 'timestamp', send_action(a), close()
-
-
-class SimRobot:
-    """A simulator behind the robot interface, so the control loop runs end to end on a laptop.
-    send_action steps the simulator; .success/.done report the episode's outcome."""
-
-    def __init__(self, task, seed, max_steps=0):
-        import envs
-        self.envs, self.task = envs, task
-        self.env = envs.make_env(task)
-        self.action_dim = int(np.prod(self.env.action_space.shape))
-        self.max_steps = max_steps or envs.TASKS[task]['max_steps']
-        self.obs, _ = self.env.reset(seed=seed)
-        self.stamp, self.steps, self.success, self.done = time.monotonic(), 0, False, False
-
-    def get_observation(self):
-        frame = self.envs.obs_to_frame(self.task, self.obs)
-        return dict(frame, timestamp=self.stamp)
-
-    def send_action(self, action):
-        self.obs, reward, terminated, truncated, info = self.env.step(np.asarray(action, np.float32))
-        self.stamp, self.steps = time.monotonic(), self.steps + 1
-        self.success = self.success or self.envs.is_success(info)
-        self.done = self.success or terminated or truncated or self.steps >= self.max_steps
-
-    def close(self):
-        self.env.close()
-
+# robots: get_observation() -> frame dict with 'timestamp', send_action(a), close(). The one that ships is
+# envs.SimRobot, a simulator (deploy.py imports no simulator until --robot=sim asks for one).
 
 # No ROS 2 bridge ships: rclpy is not installable from this machine's Debian sources (`apt-cache search rclpy`
 # finds nothing), so none could be tested. One implements the interface above: subscribe sensor_msgs/Image on
@@ -576,10 +549,11 @@ def run_main():
     results = []
     try:
         for seed in range(start_seed, start_seed + episodes):
-            if robot != 'sim':  # the one robot shipped; a ROS 2 bridge is not (see the note below SimRobot)
+            if robot != 'sim':  # the one robot shipped; a ROS 2 bridge is not (see the note on robots above)
                 raise SystemExit(f"--robot={robot!r}: only 'sim' ships (no ROS 2 bridge: rclpy is not installable "
-                                 f"here); a real robot implements SimRobot's get_observation/send_action/close")
-            bot = SimRobot(task_name, seed, max_steps)
+                                 f"here); a real robot implements envs.SimRobot's get_observation/send_action/close")
+            import envs
+            bot = envs.SimRobot(task_name, seed, max_steps)
             if bot.action_dim != meta['action_dim']:
                 raise SystemExit(f"the policy outputs {meta['action_dim']} action values but the robot takes "
                                  f"{bot.action_dim}: export a policy trained for this robot")

@@ -60,6 +60,32 @@ def make_expert(task, **kw):
     return task_module(task).make_expert(task, **kw)
 
 
+class SimRobot:
+    """A simulator behind deploy.py's robot interface (get_observation() -> frame dict with 'timestamp',
+    send_action(a), close()), so the control loop runs end to end on a laptop.
+    send_action steps the simulator; .success/.done report the episode's outcome."""
+
+    def __init__(self, task, seed, max_steps=0):
+        self.task, self.env = task, make_env(task)
+        self.action_dim = int(np.prod(self.env.action_space.shape))
+        self.max_steps = max_steps or TASKS[task]['max_steps']
+        self.obs, _ = self.env.reset(seed=seed)
+        self.stamp, self.steps, self.success, self.done = time.monotonic(), 0, False, False
+
+    def get_observation(self):
+        frame = obs_to_frame(self.task, self.obs)
+        return dict(frame, timestamp=self.stamp)
+
+    def send_action(self, action):
+        self.obs, reward, terminated, truncated, info = self.env.step(np.asarray(action, np.float32))
+        self.stamp, self.steps = time.monotonic(), self.steps + 1
+        self.success = self.success or is_success(info)
+        self.done = self.success or terminated or truncated or self.steps >= self.max_steps
+
+    def close(self):
+        self.env.close()
+
+
 # -----------------------------------------------------------------------------
 # recording demonstrations
 

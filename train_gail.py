@@ -51,6 +51,8 @@ gamma = 0.99
 gae_lambda = 0.95
 entropy_coef = 0.0
 value_coef = 0.5
+max_std = 0.0  # cap on the policy's std, in action units (px on PushT); 0 = none. BC fits the std to the spread of the
+#               expert's actions (~10 px per target over a chunk of 8), and rollouts that noisy rarely succeed
 bc_coef = 0.1  # weight of the BC (expert log-likelihood) regularizer in the policy loss
 disc_steps = 5  # discriminator updates per round
 grad_penalty = 10.0  # R1 penalty on expert inputs keeps D smooth (Mescheder et al. 2018)
@@ -76,6 +78,8 @@ if obs_mode not in ('state', 'pixels'):
     raise SystemExit(f"obs_mode must be 'state' or 'pixels', got {obs_mode!r}")
 if not (isinstance(action_steps, int) and action_steps >= 1):
     raise SystemExit(f"action_steps must be an int >= 1, got {action_steps!r}")
+if not (isinstance(max_std, (int, float)) and max_std >= 0):
+    raise SystemExit(f"max_std must be a number >= 0 (action units; 0 = no cap), got {max_std!r}")
 if task != 'pusht':
     raise SystemExit("train_gail.py's state features are PushT's (agent and block pose): only --task=pusht for now")
 spec = envs.TASKS[task]
@@ -143,6 +147,15 @@ class ObsEncoder(nn.Module):
         return torch.cat([self.conv(img)[:, -1], 2 * (obs['proprio'] - LOW) / (HIGH - LOW) - 1], -1)
 
 
+def cap_std(log_std):
+    """Clamp the policy's log-std at log(max_std) in this script's [-1, 1] action units. Sampling and PPO's
+    log-probabilities both read the capped value, so the ratio stays that of the distribution that acted."""
+    if not max_std:
+        return log_std
+    cap = torch.log(torch.as_tensor(2 * max_std / (HIGH - LOW), dtype=log_std.dtype)).reshape(-1)  # per action dim
+    return torch.minimum(log_std, cap.repeat(log_std.shape[-1] // cap.numel()))
+
+
 class StatePolicy(nn.Module):
     """State features -> a Gaussian over the next action_steps target positions (heads.GaussianActionHead)."""
 
@@ -153,7 +166,7 @@ class StatePolicy(nn.Module):
 
     def distribution(self, obs):  # -> mean, log_std (B, action_steps * A): the chunk is one action to PPO
         mean, log_std = self.head.distribution(self.body(obs))
-        return mean.flatten(1), log_std.flatten(1)
+        return mean.flatten(1), cap_std(log_std.flatten(1))
 
 
 class PixelPolicy(nn.Module):
@@ -171,7 +184,8 @@ class PixelPolicy(nn.Module):
         # re-express in this script's [-1, 1] of the whole arena: an affine map, so log_std shifts by log(scale)
         scale = (self.vla.action_max - self.vla.action_min) / (HIGH - LOW)
         raw = self.vla.unnormalize_action((mean + self.vla.action_origin(obs['proprio']))[:, :action_steps])
-        return (2 * (raw - LOW) / (HIGH - LOW) - 1).flatten(1), (log_std[:, :action_steps] + torch.log(scale)).flatten(1)
+        log_std = (log_std[:, :action_steps] + torch.log(scale)).flatten(1)
+        return (2 * (raw - LOW) / (HIGH - LOW) - 1).flatten(1), cap_std(log_std)
 
 
 class Discriminator(nn.Module):
@@ -478,10 +492,13 @@ for it in range(start_it, ppo_iters):
         rewards = disc_reward(batch['obs'], batch['action'])
         values = value_fn(batch['obs']).squeeze(-1)
         next_values = value_fn(batch['next_obs']).squeeze(-1)
+        log_std = policy.distribution(index_obs(batch['obs'], slice(0, 256)))[1]  # the noise the rollouts carried
     adv, returns = gae(rewards, values, next_values, batch['done'], batch['trunc'], gamma, gae_lambda)
     ppo_update(batch, adv, returns)
     rec = dict(iter=it + 1, disc_loss=d_loss, disc_acc=d_acc, mean_reward=rewards.mean().item(),
-               rollout_success=float(np.mean(ep_success)) if ep_success else None, minutes=(time.time() - t0) / 60)
+               rollout_success=float(np.mean(ep_success)) if ep_success else None,
+               policy_std=float((log_std.exp() * torch.as_tensor((HIGH - LOW) / 2)).mean()),  # action units
+               minutes=(time.time() - t0) / 60)
     if eval_interval > 0 and (it + 1) % eval_interval == 0 and it + 1 < ppo_iters:
         rec['val_success'], _, rec['val_max_reward'] = evaluate(min(eval_episodes, 20), envs.VAL_SEED)
     history.append(rec)

@@ -13,7 +13,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 import envs  # noqa: E402
 import pusht  # noqa: E402
-from deploy import (ExportedPolicy, SafetyShield, SimRobot, StepPolicy, control_loop, example_inputs,  # noqa: E402
+from deploy import (ExportedPolicy, SafetyShield, StepPolicy, control_loop, example_inputs,  # noqa: E402
                     export_policy, load_exported)
 from eval import VLAPolicy  # noqa: E402
 from model import ManipulationVLA, ManipulationVLAConfig  # noqa: E402
@@ -190,7 +190,7 @@ def test_sim_control_loop_runs_like_eval(tmp_path):
     """The exported policy in the deploy loop drives the simulator exactly as eval.py's eager policy."""
     model = tiny_model("mlp")
     module, meta = load_exported(export_policy(model, INSTRUCTION, str(tmp_path / "p.pt"), metadata(model)))
-    robot = SimRobot("pusht", seed=envs.TEST_SEED, max_steps=30)
+    robot = envs.SimRobot("pusht", seed=envs.TEST_SEED, max_steps=30)
     shield = SafetyShield(2, 1000.0, workspace_bounds=(0, 512), watchdog_timeout=0)  # never intervenes here
     stats = control_loop(ExportedPolicy(module, meta), robot, shield, rate=200, max_steps=30)
     deployed_state = pusht.get_state(robot.env)

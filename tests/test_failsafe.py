@@ -15,7 +15,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 import deploy  # noqa: E402
 import envs  # noqa: E402
-from deploy import SafetyShield, SimRobot, control_loop, make_shield  # noqa: E402
+from deploy import SafetyShield, control_loop, make_shield  # noqa: E402
 from model import ManipulationVLA, ManipulationVLAConfig  # noqa: E402
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -149,7 +149,7 @@ class NaNPolicyModule(torch.nn.Module):
 def test_nan_policy_is_held_and_the_loop_goes_on():
     meta = dict(task="pusht", instruction=INSTRUCTION, image_keys=["observation.image"], state_key="observation.state",
                 action_dim=2, n_action_steps=2, temporal_ensemble_coeff=None)
-    robot = SimRobot("pusht", seed=envs.TEST_SEED, max_steps=12)
+    robot = envs.SimRobot("pusht", seed=envs.TEST_SEED, max_steps=12)
     shield = SafetyShield(2, 40.0, workspace_bounds=(0, 512), watchdog_timeout=5.0)
     stats = control_loop(deploy.ExportedPolicy(NaNPolicyModule(), meta), robot, shield, rate=0, max_steps=12)
     robot.close()
@@ -186,7 +186,7 @@ def test_estop_stops_the_simulated_robot(task, probe, tol, settle):
     """Drive the robot, press the e-stop, keep feeding moving commands: after a short settling (the last safe
     command was already sent: PushT's pusher closes its lag to the target in ~0.8 s, critically damped) the robot
     moves less than tol. Delta tasks (Lift) hold zero motion."""
-    robot = SimRobot(task, seed=envs.TEST_SEED, max_steps=100)
+    robot = envs.SimRobot(task, seed=envs.TEST_SEED, max_steps=100)
     try:
         shield, rest = make_shield(task, robot.action_dim)
         obs = robot.get_observation()

@@ -105,6 +105,16 @@ def test_expert_chunks_stay_inside_their_episode():
     assert torch.equal(ns['expert_chunks'](actions, episode, 1), actions)
 
 
+def test_exploration_std_cap_is_in_action_units():
+    """max_std=2 px on PushT's 512 px arena caps the normalized std at 2 / 256, and only where it is larger."""
+    ns = script_functions('train_gail.py', ['cap_std'], max_std=2.0, LOW=0.0, HIGH=512.0)
+    log_std = torch.log(torch.tensor([[0.1, 0.001, 0.02, 2 / 256]]))  # a chunk of 2 xy targets
+    capped = ns['cap_std'](log_std).exp()
+    torch.testing.assert_close(capped, torch.tensor([[2 / 256, 0.001, 2 / 256, 2 / 256]]))
+    ns = script_functions('train_gail.py', ['cap_std'], max_std=0.0, LOW=0.0, HIGH=512.0)
+    assert torch.equal(ns['cap_std'](log_std), log_std)  # 0 = the fitted std, untouched
+
+
 def test_dagger_beta_schedule():
     ns = script_functions('train_dagger.py', ['beta_at'], beta=0.8, beta_decay=0.5)
     assert [ns['beta_at'](i) for i in range(4)] == pytest.approx([0.8, 0.4, 0.2, 0.1])
@@ -211,7 +221,7 @@ def test_gail_state_mode_runs_and_resumes(tmp_path):
     out = str(tmp_path / 'gail')
     args = ['--task=pusht', f'--out_dir={out}', '--expert_episodes=1', '--bc_iters=20', '--ppo_iters=2',
             '--steps_per_iter=64', '--minibatch_size=32', '--eval_episodes=1', '--eval_interval=0', '--ppo_epochs=2',
-            '--action_steps=4']
+            '--action_steps=4', '--max_std=3.0']
     run('train_gail.py', args)
     state = json.load(open(os.path.join(out, 'gail_state.json')))
     assert state['iter'] == 2
@@ -222,6 +232,7 @@ def test_gail_state_mode_runs_and_resumes(tmp_path):
     assert tensors['disc.net.0.weight'].shape[1] == 10 + 4 * 2
     rounds = [h for h in state['history'] if 'disc_acc' in h]
     assert len(rounds) == 2 and all(0.0 <= h['disc_acc'] <= 1.0 and h['mean_reward'] > 0 for h in rounds)
+    assert all(0 < h['policy_std'] <= 3.0 + 1e-4 for h in rounds)  # the rollouts' noise, capped at max_std px
     assert [h for h in state['history'] if 'test_success' in h][0]['iter'] == 0  # evaluated before
     run('train_gail.py', args[:4] + ['--ppo_iters=3', '--resume=True'] + args[5:])
     state = json.load(open(os.path.join(out, 'gail_state.json')))
