@@ -283,7 +283,7 @@ def evaluate(n_episodes, start_seed):
         obs, info = env.reset(seed=s)
         best.append(0.0)
         t, ended = 0, False
-        while t < spec['max_steps'] and not ended:
+        while not ended:  # step_chunk ends it at the task's step limit too
             o = batch_obs([observe(env, obs)])
             mean, _ = policy.distribution(o)
             rewards.append(disc_reward(o, mean).item())
@@ -300,7 +300,7 @@ def collect(env, n_steps, carry):
     continues the episode in progress. One transition per decision: a chunk of action_steps targets is one
     action of a semi-MDP, and its discriminator reward is the reward of that step (Sutton et al. 1999's options,
     discounted per decision). -> dict of tensors, the new carry, the successes of the episodes that ended."""
-    obs_l, act_l, logp_l, done_l, trunc_l, next_obs_l, successes = [], [], [], [], [], [], []
+    obs_l, act_l, logp_l, std_l, done_l, trunc_l, next_obs_l, successes = [], [], [], [], [], [], [], []
     raw_obs, t, ep_seed = carry
     steps = 0
     while steps < n_steps:
@@ -314,6 +314,7 @@ def collect(env, n_steps, carry):
         obs_l.append(o)
         act_l.append(a[0])
         logp_l.append(log_prob(mean, log_std, a)[0])
+        std_l.append(log_std[0].exp())
         next_obs_l.append(observe(env, raw_obs))
         done_l.append(float(success or term))  # terminal: no bootstrap after success
         trunc_l.append(float(trunc))  # time limit: bootstrap from V(next state) (Pardo et al. 2018)
@@ -322,7 +323,7 @@ def collect(env, n_steps, carry):
             ep_seed += 1
             raw_obs, _ = env.reset(seed=ep_seed)
             t = 0
-    batch = dict(obs=batch_obs(obs_l), action=torch.stack(act_l), logp=torch.stack(logp_l),
+    batch = dict(obs=batch_obs(obs_l), action=torch.stack(act_l), logp=torch.stack(logp_l), std=torch.stack(std_l),
                  next_obs=batch_obs(next_obs_l), done=torch.tensor(done_l), trunc=torch.tensor(trunc_l))
     return batch, (raw_obs, t, ep_seed), successes
 
@@ -492,12 +493,11 @@ for it in range(start_it, ppo_iters):
         rewards = disc_reward(batch['obs'], batch['action'])
         values = value_fn(batch['obs']).squeeze(-1)
         next_values = value_fn(batch['next_obs']).squeeze(-1)
-        log_std = policy.distribution(index_obs(batch['obs'], slice(0, 256)))[1]  # the noise the rollouts carried
     adv, returns = gae(rewards, values, next_values, batch['done'], batch['trunc'], gamma, gae_lambda)
     ppo_update(batch, adv, returns)
     rec = dict(iter=it + 1, disc_loss=d_loss, disc_acc=d_acc, mean_reward=rewards.mean().item(),
                rollout_success=float(np.mean(ep_success)) if ep_success else None,
-               policy_std=float((log_std.exp() * torch.as_tensor((HIGH - LOW) / 2)).mean()),  # action units
+               policy_std=float((batch['std'] * torch.as_tensor((HIGH - LOW) / 2)).mean()),  # in action units
                minutes=(time.time() - t0) / 60)
     if eval_interval > 0 and (it + 1) % eval_interval == 0 and it + 1 < ppo_iters:
         rec['val_success'], _, rec['val_max_reward'] = evaluate(min(eval_episodes, 20), envs.VAL_SEED)
