@@ -147,9 +147,12 @@ def _dagger_worker(args):
     choice is made every H steps and only the expert's stretches are recorded, each as an episode of its own: it
     starts where the learner went, and its labels are the expert's own consecutive actions, so a chunk of them
     is one plan (per-step labels of learner-driven states are each a first step of a different plan).
+    With branch = B > 0 the learner drives every step (the states are its own, as in Ross et al.'s later rounds);
+    at each of its decision points (every H steps) the expert, with probability beta, plays B steps from a COPY of
+    the state in a second env, and that branch is recorded: labels on the learner's own states, each chunk one plan.
     -> dict(seed, success, steps, expert_fraction, labels: how many, episodes: [(frame dicts, labels (T, A))]).
     The rng is seeded per episode, so the labels do not depend on how many workers share the rollouts."""
-    task, ckpt, seed, beta, max_steps, rng_seed, threads, expert_kw, segment = args
+    task, ckpt, seed, beta, max_steps, rng_seed, threads, expert_kw, segment, branch = args
     import torch
     from deploy import load_policy
     if threads:
@@ -163,8 +166,17 @@ def _dagger_worker(args):
     policy.reset()
     expert.reset()
     episodes, expert_steps, success, use_expert = [], 0, False, False
+    copy_env = _branch_env(task) if branch else None
     for t in range(max_steps):
         frame = obs_to_frame(task, obs)
+        if branch:  # the learner drives; the expert only answers from copies of its states
+            if t % segment == 0 and rng.random() < beta:
+                episodes.append(_expert_branch(task, env, copy_env, expert_kw, branch))
+            obs, reward, terminated, truncated, info = env.step(np.asarray(policy(frame), np.float32))
+            success = is_success(info)
+            if success or terminated or truncated:
+                break
+            continue
         if not segment or t % segment == 0:
             was_expert, use_expert = use_expert, rng.random() < beta
             if not segment and t == 0 or segment and use_expert and not was_expert:
@@ -183,19 +195,48 @@ def _dagger_worker(args):
         if success or terminated or truncated:
             break
     env.close()
+    if copy_env is not None:
+        copy_env.close()
     episodes = [(frames, np.stack(labels)) for frames, labels in episodes]
     return dict(seed=seed, success=success, steps=t + 1, expert_fraction=expert_steps / (t + 1),
                 labels=sum(len(f) for f, _ in episodes), episodes=episodes)
 
 
-def label_rollouts(task, ckpt, seeds, beta, max_steps, rng_seed, num_workers=1, expert_kw=None, segment=0):
+def _branch_env(task):
+    """A second env for expert branches; the task module must copy one env into another (copy_state)."""
+    module = task_module(task)
+    if not hasattr(module, "copy_state"):
+        raise ValueError(f"expert branches copy the simulator, and {module.__name__}.py has no copy_state(src, dst): "
+                         f"use expert segments (--expert_branch=0) for task {task!r}")
+    return make_env(task)
+
+
+def _expert_branch(task, env, copy_env, expert_kw, steps):
+    """The expert's next `steps` actions from a copy of env's current state, with the frames it sees there; env
+    itself does not move. A fresh expert plans from the copied state. -> (frame dicts, labels)."""
+    copy_env.reset()  # the time limit's step count starts again; the state is then overwritten
+    obs = task_module(task).copy_state(env, copy_env)
+    expert = make_expert(task, **(expert_kw or {}))
+    expert.reset()
+    frames, labels = [], []
+    for _ in range(steps):
+        frames.append(obs_to_frame(task, obs))
+        labels.append(np.asarray(expert.get_action(copy_env), np.float32))
+        obs, _, terminated, truncated, info = copy_env.step(labels[-1])
+        if is_success(info) or terminated or truncated:
+            break
+    return frames, labels
+
+
+def label_rollouts(task, ckpt, seeds, beta, max_steps, rng_seed, num_workers=1, expert_kw=None, segment=0, branch=0):
     """DAgger's data: yield one expert-labelled rollout of the policy in `ckpt` per seed, in seed order, from
     num_workers processes (the expert re-plans at every state the learner drives it to: that is the cost).
     rng_seed: a list of ints; episode s draws its expert/learner choices from default_rng(rng_seed + [s]).
     expert_kw: options of the task's labelling expert (make_expert's keywords, e.g. PushT's max_step).
     segment: 0 = who drives is chosen per step, every state labelled; H = chosen every H steps, the expert's
-    stretches recorded (see _dagger_worker)."""
-    jobs = [(task, ckpt, s, beta, max_steps, [*rng_seed, s], 1 if num_workers > 1 else 0, expert_kw, segment)
+    stretches recorded (see _dagger_worker); branch: B > 0 = the learner drives, and B-step expert branches from
+    copies of its states (at every H-th step, with probability beta) are recorded."""
+    jobs = [(task, ckpt, s, beta, max_steps, [*rng_seed, s], 1 if num_workers > 1 else 0, expert_kw, segment, branch)
             for s in seeds]
     return _imap("_dagger_worker", jobs, num_workers)
 

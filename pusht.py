@@ -103,7 +103,18 @@ def set_state(env, state):
     u = env.unwrapped
     u._setup()  # fresh pymunk space (also what reset() does)
     _load(u, s)
+    for body in (u.agent, u.block):  # shapes cache their world vertices until the next physics step: refresh
+        u.space.reindex_shapes_for_body(body)  # them now, or a frame rendered before stepping shows the old pose
     return env
+
+
+def copy_state(src, dst):
+    """Make env dst an exact copy of env src: its physics (set_state) and what its camera shows, which includes
+    the last commanded target (gym-pusht draws it as a cross). -> dst's observation. DAgger's expert branches
+    start from such copies of the learner's states (envs._expert_branch)."""
+    set_state(dst, get_state(src))
+    dst.unwrapped._last_action = src.unwrapped._last_action
+    return dst.unwrapped.get_obs()
 
 
 # -----------------------------------------------------------------------------

@@ -9,12 +9,14 @@ keeps its own loop and decides WHAT goes into its checkpoints.
     update_ema(ema_model, model, ema_decay)
     save_state(out_dir, 'training_state', step, tensors, meta)   # -> <name>-<step>-<id>.safetensors + <name>.json
     meta, tensors = load_state(out_dir, 'training_state')
+    ns = script_functions('train_gail.py', ['gae'], torch=torch)  # a stage's math, for tests and benchmarks
 
 Crash consistency: the tensors go to a NEW file named by the step, then <name>.json (the step, that file's
 name and sha256, the script's metadata) is replaced in one rename -- the commit point -- and only then are
 older tensor files deleted. A kill at any instant leaves the JSON naming a complete tensor file of its
 own step, so a resume never mixes steps; a file changed afterwards fails its checksum.
 """
+import ast
 import hashlib
 import json
 import math
@@ -165,3 +167,16 @@ def truncate_log(log_path, step):
     with open(log_path + '.tmp', 'w') as f:
         f.writelines(kept)
     os.replace(log_path + '.tmp', log_path)
+
+
+def script_functions(script, names=None, **namespace):
+    """Exec only the top-level functions of a stage script (all, or those named), with the given globals: the
+    scripts read top to bottom and train when run, so tests and benchmarks reuse a stage's math this way."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), script)
+    nodes = [n for n in ast.parse(open(path).read()).body
+             if isinstance(n, ast.FunctionDef) and (names is None or n.name in names)]
+    missing = set(names or ()) - {n.name for n in nodes}
+    if missing:
+        raise ValueError(f"{script} has no top-level function {sorted(missing)}")
+    exec(compile(ast.Module(nodes, type_ignores=[]), path, 'exec'), namespace)
+    return namespace

@@ -5,6 +5,7 @@ and Structured Prediction to No-Regret Online Learning").
     python train_dagger.py --task=pusht --init_from=out/pusht
     python train_dagger.py --task=pusht --init_from=out/pusht --num_workers=2   # label in 2 processes
     python train_dagger.py --task=pusht --init_from=out/multitask   # one task of a train_multitask.py policy
+    python train_dagger.py --task=pusht --init_from=out/pusht --expert_branch=8 --beta=1   # the learner drives
 
 Behavior cloning trains only on states the expert visits; at test time the learner's small
 errors take it to states nobody demonstrated, where its errors grow (compounding error,
@@ -19,7 +20,9 @@ and what is recorded is the expert's stretches, each as an episode of its own: e
 learner led to, and holds the expert's own consecutive actions, so the chunk a policy learns from is one
 plan. Ross et al. draw per step and label every visited state (--expert_segment=0); with action chunks that
 fails here: the expert and the learner undo each other's moves, and the chunk of labels after a state
-stitches together first steps of different plans (RESULTS.md measures both).
+stitches together first steps of different plans (RESULTS.md measures both). --expert_branch=B keeps the
+learner driving throughout and runs the expert B steps from copies of the learner's states instead: the labels
+are then on the learner's own state distribution (what DAgger is for), each chunk still one plan.
 
 Per step, a label costs one expert plan (the learner drives the expert off its plan at almost every
 step; bench/bench_dagger_labels.py measures it); in segments the expert mostly follows its own plan.
@@ -63,6 +66,10 @@ expert_segment = -1  # who drives is drawn every expert_segment steps, and only 
 #                      commits to that many actions too); 0 = drawn per step, every visited state labelled (Ross et
 #                      al.). Per step, expert and learner undo each other (PushT: 5% of such rollouts succeed) and a
 #                      chunk stitches first steps of different plans (RESULTS.md). Compare budgets in labels.
+expert_branch = 0  # > 0: the learner drives every step, and at each of its decision points (every n_action_steps),
+#                    with probability beta, the expert plays this many steps from a COPY of the state (the task's
+#                    copy_state: PushT), recorded as an episode: labels on the learner's own states, each
+#                    chunk one plan; the learner's rollout is not disturbed. 0 = off (segments or per step, above)
 expert_kw = {}  # options of the labelling expert (make_expert's keywords), e.g. "--expert_kw={'max_step': 15.0}"
 seed = 1337
 resume = False
@@ -99,7 +106,12 @@ if (bc_config['tasks'] if multi else [bc_config['task']]) != ckpt_tasks:
     raise SystemExit(f"{cfg_path} does not match {init_from}/config.json's tasks {ckpt_tasks}: the folder was edited")
 spec = envs.TASKS[task]
 max_steps = max_steps or spec['max_steps']
-segment = expert_segment if expert_segment >= 0 else int(bc_config.get('n_action_steps', 1))
+segment = expert_segment if expert_segment >= 0 and not expert_branch else int(bc_config.get('n_action_steps', 1))
+if expert_branch < 0:
+    raise SystemExit(f"expert_branch={expert_branch}: the expert's steps per branch, >= 1 (0 = no branches)")
+if expert_branch and not hasattr(envs.task_module(task), 'copy_state'):
+    raise SystemExit(f"--expert_branch copies the simulator, and task {task!r}'s module has no copy_state(src, dst): "
+                     f"use expert segments (--expert_branch=0)")
 if rollout_seed + dagger_iters * episodes_per_iter > envs.VAL_SEED:
     raise SystemExit(f"rollout seeds must stay below envs.VAL_SEED={envs.VAL_SEED} (training seeds only)")
 os.makedirs(out_dir, exist_ok=True)
@@ -181,7 +193,7 @@ for i in range(state['done'] + 1, dagger_iters):
     t0, eps = time.time(), []
     rollouts = envs.label_rollouts(task, state['ckpt'], range(first, first + episodes_per_iter), beta_i, max_steps,
                                    rng_seed=[seed, i], num_workers=num_workers, expert_kw=expert_kw,
-                                   segment=segment)
+                                   segment=segment, branch=expert_branch)
     for ep in tqdm(rollouts, total=episodes_per_iter, desc='dagger rollouts', leave=False):
         for frames, labels in ep.pop('episodes'):
             for frame, label in zip(frames, labels):
@@ -195,8 +207,9 @@ for i in range(state['done'] + 1, dagger_iters):
     labels = data.LeRobotDatasetMetadata(new_path).total_frames
     rollout_success = float(np.mean([e['success'] for e in eps]))
     new_labels = sum(e['labels'] for e in eps)
+    driver = 'learner' if expert_branch else 'mixed-policy'
     print(f"round {i}: beta={beta_i:.3f}, {new_labels} new labels ({labels} total) in {label_seconds:.0f}s "
-          f"({num_workers} worker{'s' if num_workers > 1 else ''}), mixed-policy rollout success {rollout_success:.2f}")
+          f"({num_workers} worker{'s' if num_workers > 1 else ''}), {driver} rollout success {rollout_success:.2f}")
     # 2) retrain on the aggregate and evaluate on held-out seeds
     round_dir, metrics = train_round(i, new_path, state['ckpt'])
     test_success = metrics['success_rate'] if metrics else None

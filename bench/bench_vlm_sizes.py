@@ -15,7 +15,6 @@ so its peak memory is its own: peak resident memory on the CPU (weights, optimiz
 the Python/torch runtime), torch's peak allocation on a GPU.
 """
 import argparse
-import ast
 import json
 import os
 import resource
@@ -29,6 +28,7 @@ import torch.nn.functional as F
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+import train_common  # noqa: E402
 from model import ByteTokenizer, ManipulationVLA, ManipulationVLAConfig, hf_from_pretrained  # noqa: E402
 
 MODES = {'full': {}, 'projector': dict(freeze_vision=True, freeze_llm=True),
@@ -62,15 +62,6 @@ def hub_sized_folders(cache):
     return vision_dir, lm_dir
 
 
-def vlm_functions():
-    """train_vlm.py's top-level functions (its answer loss), without running the script."""
-    path = os.path.join(REPO, 'train_vlm.py')
-    nodes = [n for n in ast.parse(open(path).read()).body if isinstance(n, ast.FunctionDef)]
-    ns = dict(np=np, torch=torch, F=F, ByteTokenizer=ByteTokenizer, hf_from_pretrained=hf_from_pretrained)
-    exec(compile(ast.Module(nodes, type_ignores=[]), path, 'exec'), ns)
-    return ns
-
-
 def measure(size, mode, stage, args):
     """One row, in this process: -> dict(params, trainable, step_s, peak_gb)."""
     torch.manual_seed(0)
@@ -83,7 +74,8 @@ def measure(size, mode, stage, args):
     B = args.batch_size
     images = torch.randint(0, 256, (B, 96, 96, 3), dtype=torch.uint8, device=args.device)
     if stage == 'vlm':
-        vlm = vlm_functions()
+        vlm = train_common.script_functions('train_vlm.py', np=np, torch=torch, F=F, ByteTokenizer=ByteTokenizer,
+                                            hf_from_pretrained=hf_from_pretrained)  # its answer loss
         lm_head = vlm['build_lm_head'](model)
         lm_head = lm_head.to(args.device) if lm_head is not None else None
         ids, mask, answer = (t.to(args.device) for t in vlm['text_batch'](model.tokenizer, [QUESTION] * B, [ANSWER] * B))

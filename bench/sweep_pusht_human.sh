@@ -5,6 +5,8 @@
 # usage: bash bench/sweep_pusht_human.sh ITERS TRAIN_TIMEOUT_S EVAL_EPISODES_PER_PROC DEVICE SET [DATASET]
 #   SET 1: heads / history / shifts / width;  SET 2: width-32 variants (shift 8, 4x4 token grid);
 #   SET 4: width 32 / 4x4 grid again (seed 2), width 64, a 6x6 grid;  SET 3: how long to commit to a chunk (chunk 16 vs 32, each evaluated at several n_action_steps), head width, width 32
+#   SET 5: the relative-actions preset (twice, two seeds) against EMA 0.999, 2 observation steps, lr 1e-3, a 256-wide LM, +-6 px shifts
+# EVAL_PROCS (env, default 2): evaluation processes per recipe, each EVAL_EPISODES_PER_PROC episodes on the next validation seeds
 # The figures in RESULTS.md: `bash bench/sweep_pusht_human.sh 12000 360 25 cuda 1 .gpu/pusht_human_v30` and
 # `... 8000 215 25 cuda 2 ...` on an H100 machine (16 cores), the dataset a copy of ../shared/datasets/pusht_human_v30.
 ITERS=${1:-10000}; TT=${2:-360}; EP=${3:-25}; DEV=${4:-cuda}; SET=${5:-1}; DATA=${6:-../shared/datasets/pusht_human_v30}
@@ -26,6 +28,14 @@ elif [ "$SET" = 3 ]; then
   R[L_c16_w32g4]="--action_head_type=mlp --augment_shift=4 --cnn_width=32 --vision_grid=4";  N[L_c16_w32g4]="8 12"
   R[M_c16_head1024]="--action_head_type=mlp --augment_shift=4 --head_hidden_dim=1024";       N[M_c16_head1024]="8 12"
   R[P_c32_diff]="--action_head_type=diffusion --augment_shift=4 --action_chunk_size=32 --n_action_steps=16"; N[P_c32_diff]="16"
+elif [ "$SET" = 5 ]; then
+  R[S0_preset]=""
+  R[S0b_preset_seed2]="--seed=2"
+  R[S1_ema999]="--ema_decay=0.999"
+  R[S2_obs2]="--n_obs_steps=2"
+  R[S3_lr1e3]="--learning_rate=1e-3"
+  R[S4_lm256]="--hidden_size=256"
+  R[S5_shift6]="--augment_shift=6"
 elif [ "$SET" = 4 ]; then
   R[L2_c16_w32g4_seed2]="--action_head_type=mlp --augment_shift=4 --cnn_width=32 --vision_grid=4 --seed=2"
   R[Q_c16_w64g4]="--action_head_type=mlp --augment_shift=4 --cnn_width=64 --vision_grid=4"
@@ -44,7 +54,7 @@ echo "training done after $(( $(date +%s) - t0 )) s"
 for k in "${!R[@]}"; do
   tail -c 600 $OUT/runs/$k.train.log | tr '\r' '\n' | tail -3
   tail -1 $OUT/runs/$k/log.jsonl
-  for n in ${N[$k]:-0}; do for s in 0 1; do
+  for n in ${N[$k]:-0}; do for s in $(seq 0 $(( ${EVAL_PROCS:-2} - 1 ))); do
     OMP_NUM_THREADS=1 timeout 200 python3 eval.py --ckpt=$OUT/runs/$k --episodes=$EP --start_seed=$((100000 + s*EP)) --videos=0 \
       --n_action_steps=$n --out=$OUT/runs/$k/val_n${n}_$s.json > $OUT/runs/$k.eval_n${n}_$s.log 2>&1 &
   done; done

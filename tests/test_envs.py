@@ -44,6 +44,23 @@ def test_set_state_roundtrip_and_determinism():
     assert not np.allclose(pusht.get_state(b), s), "the copies should have moved"
 
 
+def test_copy_state_copies_what_the_camera_sees():
+    """DAgger's expert branches start from copy_state: the copy's frame is the original's (the bodies' pose, which
+    set_state alone rendered stale until the next step, and the drawn last target), and both move alike."""
+    a, b = envs.make_env(TASK), envs.make_env(TASK)
+    obs, _ = a.reset(seed=3)
+    for target in ([100, 100], [200, 300], [250, 250]):
+        obs, *_ = a.step(np.array(target, np.float32))
+    b.reset(seed=9)
+    copy = pusht.copy_state(a, b)
+    np.testing.assert_array_equal(copy["pixels"], obs["pixels"])
+    np.testing.assert_array_equal(copy["agent_pos"], obs["agent_pos"])
+    for target in ([260, 240], [300, 200]):
+        oa, *_ = a.step(np.array(target, np.float32))
+        ob, *_ = b.step(np.array(target, np.float32))
+        np.testing.assert_array_equal(oa["pixels"], ob["pixels"])
+
+
 def test_set_state_has_no_reset_to_state_shift():
     """gym-pusht's reset_to_state sets the block position before its angle and shifts it; we must not."""
     env = envs.make_env(TASK, obs_type="state")

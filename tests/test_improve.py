@@ -1,8 +1,7 @@
 """train_dagger.py and train_gail.py: DAgger labels learner-visited states with the expert's actions
 and grows a LeRobot dataset; the GAIL/PPO math does what the papers say on toy problems; both
 scripts run end to end and resume. The scripts read top to bottom, so the math functions are
-loaded from their source with ast (no import side effects)."""
-import ast
+loaded from their source by train_common.script_functions (no import side effects)."""
 import json
 import math
 import os
@@ -17,17 +16,12 @@ import torch.nn.functional as F
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from conftest import check_checkpoint_runs  # noqa: E402
+import train_common  # noqa: E402
 
 
 def script_functions(script, names, **namespace):
-    """Exec only the named top-level functions of a script, with the given globals."""
-    path = os.path.join(REPO, script)
-    tree = ast.parse(open(path).read())
-    nodes = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in names]
-    assert {n.name for n in nodes} == set(names), f"{script} lacks {set(names) - {n.name for n in nodes}}"
-    ns = dict(torch=torch, F=F, math=math, np=np, **namespace)
-    exec(compile(ast.Module(nodes, type_ignores=[]), path, 'exec'), ns)
-    return ns
+    """The named top-level functions of a script, with the modules they use as globals."""
+    return train_common.script_functions(script, names, torch=torch, F=F, math=math, np=np, **namespace)
 
 
 def run(script, args, check=True):
@@ -195,15 +189,45 @@ def test_dagger_segments_record_only_the_experts_stretches(bc_checkpoints):
     _, _, ckpts = bc_checkpoints
     seed, steps = 50_000, 24
     alone = envs.run_expert_episode('pusht', seed, render=False)
-    ep = envs._dagger_worker(('pusht', ckpts['mlp'], seed, 1.0, steps, [0, seed], 0, None, 4))
+    ep = envs._dagger_worker(('pusht', ckpts['mlp'], seed, 1.0, steps, [0, seed], 0, None, 4, 0))
     [(frames, labels)] = ep['episodes']
     assert ep['labels'] == len(frames) == steps and ep['expert_fraction'] == 1.0
     assert np.allclose(labels, alone['actions'][:steps], atol=1e-4)
-    ep = envs._dagger_worker(('pusht', ckpts['mlp'], seed, 0.5, 40, [0, seed], 0, None, 4))  # 3 stretches
+    ep = envs._dagger_worker(('pusht', ckpts['mlp'], seed, 0.5, 40, [0, seed], 0, None, 4, 0))  # 3 stretches
     lengths = [len(f) for f, _ in ep['episodes']]
     assert len(lengths) >= 2 and all(n % 4 == 0 for n in lengths), lengths
     assert sum(lengths) == ep['labels'] == round(ep['expert_fraction'] * ep['steps']) < ep['steps']
     assert all(len(f) == len(a) for f, a in ep['episodes'])
+
+
+def test_dagger_branches_label_the_learners_own_states(bc_checkpoints):
+    """expert_branch=B: the learner drives the whole rollout (branches leave it alone: the same steps and outcome as
+    with none), and each branch is the expert's own B steps from a copy of the learner's state at a decision point."""
+    import envs
+    from eval import load_policy
+    _, _, ckpts = bc_checkpoints
+    seed, steps, H, B = 50_000, 24, 4, 6
+    none = envs._dagger_worker(('pusht', ckpts['mlp'], seed, 0.0, steps, [0, seed], 0, None, H, B))
+    every = envs._dagger_worker(('pusht', ckpts['mlp'], seed, 1.0, steps, [0, seed], 0, None, H, B))
+    assert none['episodes'] == [] and none['labels'] == 0
+    assert (every['steps'], every['success']) == (none['steps'], none['success'])
+    assert len(every['episodes']) == -(-every['steps'] // H) and every['expert_fraction'] == 0.0
+    assert all(len(f) == len(a) <= B for f, a in every['episodes']) and every['labels'] >= B
+    # replay: the learner drives H steps, then the expert takes over; the second branch is what it does there
+    env, expert = envs.make_env('pusht'), envs.make_expert('pusht')
+    _, learner = load_policy(ckpts['mlp'])
+    obs, _ = env.reset(seed=seed)
+    learner.reset()
+    for _ in range(H):
+        obs, *_ = env.step(learner(envs.obs_to_frame('pusht', obs)))
+    expert.reset()
+    frames, labels = every['episodes'][1]
+    for frame, label in zip(frames, labels):
+        now = envs.obs_to_frame('pusht', obs)
+        assert all(np.array_equal(now[k], frame[k]) for k in now)  # the same image and state
+        action = expert.get_action(env)
+        assert np.allclose(label, action, atol=1e-4)
+        obs, *_ = env.step(action)
 
 
 def test_dagger_names_the_tasks_of_a_checkpoint_without_the_task(tmp_path):

@@ -1,8 +1,7 @@
 """train_vlm.py, stage-1 vision-language alignment: the VQA answers are the simulator's truth (checked against
 pusht.get_state, the env's own coverage and the rendered image), the answer-token loss overfits a fixed batch,
 the checkpoint loads and starts train_bc.py --init_from, and a hub-style LM answers through its own lm_head.
-The script reads top to bottom, so its functions are loaded from the source with ast (as in test_improve.py)."""
-import ast
+The script reads top to bottom, so its functions are loaded from the source (train_common.script_functions)."""
 import json
 import math
 import os
@@ -17,22 +16,14 @@ import torch.nn.functional as F
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+import train_common  # noqa: E402
 from model import ByteTokenizer, ManipulationVLA, ManipulationVLAConfig, hf_from_pretrained  # noqa: E402
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
-def vlm_functions():
-    """train_vlm.py's top-level functions, without running the script."""
-    path = os.path.join(REPO, 'train_vlm.py')
-    nodes = [n for n in ast.parse(open(path).read()).body if isinstance(n, ast.FunctionDef)]
-    ns = dict(np=np, torch=torch, F=F, shapely=shapely, ByteTokenizer=ByteTokenizer,
-              hf_from_pretrained=hf_from_pretrained)
-    exec(compile(ast.Module(nodes, type_ignores=[]), path, 'exec'), ns)
-    return ns
-
-
-VLM = vlm_functions()
+VLM = train_common.script_functions('train_vlm.py', np=np, torch=torch, F=F, shapely=shapely, ByteTokenizer=ByteTokenizer,
+                                    hf_from_pretrained=hf_from_pretrained)  # its functions, without running it
 TINY = dict(image_size=32, hidden_size=32, num_heads=2, cnn_width=8, vision_grid=2, num_readout_tokens=2,
             head_hidden_dim=32, action_chunk_size=4)
 
