@@ -169,15 +169,10 @@ def _dagger_worker(args):
     copy_env = _branch_env(task) if branch else None
     for t in range(max_steps):
         frame = obs_to_frame(task, obs)
-        if branch:  # the learner drives; the expert only answers from copies of its states
+        if branch:  # the learner drives (use_expert stays False); the expert answers from copies of its states
             if t % segment == 0 and rng.random() < beta:
                 episodes.append(_expert_branch(task, env, copy_env, expert_kw, branch))
-            obs, reward, terminated, truncated, info = env.step(np.asarray(policy(frame), np.float32))
-            success = is_success(info)
-            if success or terminated or truncated:
-                break
-            continue
-        if not segment or t % segment == 0:
+        elif not segment or t % segment == 0:
             was_expert, use_expert = use_expert, rng.random() < beta
             if not segment and t == 0 or segment and use_expert and not was_expert:
                 episodes.append(([], []))  # per-step labels: one episode; segments: one per expert takeover
