@@ -6,6 +6,7 @@ step (forward, backward, AdamW) on a synthetic batch, the way train_bc.py runs i
     python bench/bench_train.py --save=bench/train_baseline.json
     python bench/bench_train.py --compare=bench/train_baseline.json
     python bench/bench_train.py --heads=mlp --cnn_width=32 --vision_grid=4   # the wider vision encoder
+    python bench/bench_train.py --heads=mlp --compile     # train_bc.py --compile=True (torch.compile, inductor)
 """
 import argparse
 import json
@@ -16,6 +17,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import train_common  # noqa: E402
 from model import ManipulationVLA, ManipulationVLAConfig  # noqa: E402
 
 HEADS = ['mlp', 'gaussian', 'diffusion', 'flow', 'transformer']
@@ -45,10 +47,11 @@ def bench_head(head, args):
     model.set_normalization_stats(stats)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     batch = make_batch(cfg, args.batch_size)
+    step_model = torch.compile(model) if args.compile else model  # compiled on the first (warmup) step
     times = []
     for i in range(args.warmup + args.steps):
         t0 = time.perf_counter()
-        loss = model(batch)['loss']
+        loss = step_model(batch)['loss']
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -69,14 +72,20 @@ def main():
     p.add_argument('--steps', type=int, default=10)
     p.add_argument('--warmup', type=int, default=3)
     p.add_argument('--threads', type=int, default=torch.get_num_threads())
+    p.add_argument('--compile', action='store_true', help='torch.compile the model, as train_bc.py --compile=True')
+    p.add_argument('--glibc_default', action='store_true',
+                   help="leave malloc as it is (train_bc.py on a CPU keeps freed memory: train_common.keep_freed_memory)")
     p.add_argument('--save', default='')
     p.add_argument('--compare', default='')
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    kept = False if args.glibc_default else train_common.keep_freed_memory()  # as train_bc.py does on a CPU
     baseline = json.load(open(args.compare)) if args.compare else {}
     results = {}
     print(f"train step, batch {args.batch_size}, 96x96x1 camera, chunk {args.chunk}, cnn width {args.cnn_width}, "
-          f"{args.vision_grid}x{args.vision_grid} token grid, {args.threads} threads")
+          f"{args.vision_grid}x{args.vision_grid} token grid, {args.threads} threads"
+          f"{', torch.compile' if args.compile else ''}, "
+          f"{'malloc keeps freed memory' if kept else 'default malloc'}")
     print(f"{'head':<12} {'params':>8} {'ms/step':>9} {'samples/s':>10}" + (f" {'baseline':>10} {'change':>8}" if baseline else ''))
     for head in args.heads.split(','):
         sec, n_params = bench_head(head, args)

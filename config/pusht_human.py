@@ -8,7 +8,8 @@
 # at 1.9x the CPU step, so this recipe spends the budget on width: 14000 iterations (~60-71 min) instead of 30000.
 # Half of its failures ended within ~6 px of the goal pose: the head now predicts each action as an offset from
 # the pusher's own position (relative_actions) instead of an absolute target it must first reproduce to ~1 px.
-# Measured (RESULTS.md, 200 test seeds): 0.465 success (avg max reward 0.838) after 60 min of training; the same
+# Measured (RESULTS.md, 200 test seeds): 0.465 success (avg max reward 0.838) after 60 min of training, 0.38 (0.839)
+# with --seed=2 after 50 min (a faster day; seed-to-seed spread of ~0.09 on this data); the same
 # recipe with absolute actions 0.315 (0.799); LeRobot's diffusion_pusht reaches 0.638 after 200k GPU steps,
 # so the target is NOT reached yet. 20000 iterations (~100 min) gave 0.435 (0.849): no better, so 14000 stays.
 # The flow-matching head with relative actions, in the same ~60 min (10000 of its slower steps): 0.240 (0.851).
