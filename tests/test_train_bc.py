@@ -3,6 +3,7 @@ eval.py loads; --resume reproduces the uninterrupted losses; DDP keeps ranks ide
 loss stops the run with a message; configurator overrides reach the script."""
 import json
 import os
+import platform
 import subprocess
 import sys
 
@@ -270,11 +271,11 @@ print(kept, touch_and_free(10))
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith('linux') or os.confstr('CS_GNU_LIBC_VERSION') is None,
+@pytest.mark.skipif(platform.libc_ver()[0] != 'glibc',
                     reason="keep_freed_memory tunes glibc's malloc (Linux) only")
 def test_cpu_training_keeps_freed_memory_instead_of_faulting_it_in_again():
     """train_common.keep_freed_memory (train_bc.py on a CPU): memory freed by one step is reused by the next
-    without page faults; glibc's default returns it to the OS, and the next step faults every page in again."""
+    without page faults; glibc's default returns it to the OS, and the next step faults its pages in again."""
     runs = {}
     for mode in ('default', 'keep'):
         out = subprocess.run([sys.executable, '-c', FAULTS, mode], cwd=REPO, capture_output=True, text=True, check=True)
