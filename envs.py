@@ -197,12 +197,17 @@ def _dagger_worker(args):
                 labels=sum(len(f) for f, _ in episodes), episodes=episodes)
 
 
-def _branch_env(task):
-    """A second env for expert branches; the task module must copy one env into another (copy_state)."""
+def check_branches(task):
+    """Expert branches copy the simulator: the task module must copy one env into another (copy_state)."""
     module = task_module(task)
     if not hasattr(module, "copy_state"):
         raise ValueError(f"expert branches copy the simulator, and {module.__name__}.py has no copy_state(src, dst): "
                          f"use expert segments (--expert_branch=0) for task {task!r}")
+
+
+def _branch_env(task):
+    """A second env for expert branches, to copy the learner's states into."""
+    check_branches(task)
     return make_env(task)
 
 

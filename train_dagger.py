@@ -109,9 +109,11 @@ max_steps = max_steps or spec['max_steps']
 segment = expert_segment if expert_segment >= 0 and not expert_branch else int(bc_config.get('n_action_steps', 1))
 if expert_branch < 0:
     raise SystemExit(f"expert_branch={expert_branch}: the expert's steps per branch, >= 1 (0 = no branches)")
-if expert_branch and not hasattr(envs.task_module(task), 'copy_state'):
-    raise SystemExit(f"--expert_branch copies the simulator, and task {task!r}'s module has no copy_state(src, dst): "
-                     f"use expert segments (--expert_branch=0)")
+if expert_branch:
+    try:
+        envs.check_branches(task)  # before any data is copied
+    except ValueError as e:
+        raise SystemExit(str(e))
 if rollout_seed + dagger_iters * episodes_per_iter > envs.VAL_SEED:
     raise SystemExit(f"rollout seeds must stay below envs.VAL_SEED={envs.VAL_SEED} (training seeds only)")
 os.makedirs(out_dir, exist_ok=True)
