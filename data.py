@@ -451,22 +451,17 @@ def augment_batch(images, crop_scale=(0.8, 1.0), crop_ratio=(3 / 4, 4 / 3), max_
     return (x * 255 + 0.5).to(torch.uint8) if images.dtype == torch.uint8 else x.to(images.dtype)
 
 
-def shift_batch(images, pad, generator=None, return_shifts=False):
+def shift_batch(images, pad, generator=None):
     """Random shift (DrQ, Kostrikov et al. 2020): pad each image by `pad` pixels (edge replicated) and crop
     it back at a random integer offset, independently per image. On a fixed camera with little data this
     is the augmentation that matters (Diffusion Policy's random crop is the same idea): the policy cannot
-    key on exact pixel positions, yet the scene's geometry is unchanged. (..., 3, H, W) -> same shape;
-    with return_shifts also (N, 2) float: how far each image's content moved in pixels, (x right, y down)."""
+    key on exact pixel positions, yet the scene's geometry is unchanged. (..., 3, H, W) -> same shape."""
     shape, (H, W) = images.shape, images.shape[-2:]
     x = images.reshape(-1, *shape[-3:])
     padded = torch.nn.functional.pad(x.float() if x.dtype == torch.uint8 else x, (pad, pad, pad, pad), mode="replicate")
     dy, dx = torch.randint(0, 2 * pad + 1, (2, x.shape[0]), generator=generator).tolist()
     out = torch.stack([p[:, i:i + H, j:j + W] for p, i, j in zip(padded, dy, dx)])  # slices: 4x faster than a gather
-    out = out.to(images.dtype).reshape(shape)
-    if not return_shifts:
-        return out
-    return out, pad - torch.tensor([dx, dy], dtype=torch.float32).T  # crop at offset i: content moves by pad - i
-
+    return out.to(images.dtype).reshape(shape)
 
 class ManipulationDataset(torch.utils.data.Dataset):
     """LeRobot frames -> the model's batch convention. Sample i is frame i of the dataset:

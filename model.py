@@ -81,7 +81,6 @@ class ManipulationVLAConfig:
     num_heads: int = 4  # tiny-qwen2 attention heads
     cnn_width: int = 16  # cnn channels: w, w, 2w, 4w (4 stride-2 convs: 96 px -> 6x6 features)
     vision_grid: int = 3  # cnn feature map pooled to grid x grid tokens (+ 1 spatial-softmax token)
-    fine_keypoints: bool = False  # + 1 token of spatial-softmax keypoints from the 2x finer map before the last conv
     num_readout_tokens: int = 4
     max_text_tokens: int = 64  # longer instructions are truncated
     head_hidden_dim: int = 256  # mlp / gaussian heads
@@ -142,14 +141,12 @@ class ByteTokenizer:
 
 
 class ConvEncoder(nn.Module):
-    """A compact CNN: (B, C, H, W) -> (B, grid*grid + 1 [+ 1], 4w) tokens. Four stride-2 3x3 convs with
+    """A compact CNN: (B, C, H, W) -> (B, grid*grid + 1, 4w) tokens. Four stride-2 3x3 convs with
     GroupNorm (batch-size independent, and unlike BatchNorm it is safe with EMA weights, Chi et al. 2023),
     then the feature map average-pooled to a grid of tokens plus one token of spatial-softmax keypoints:
-    each channel's expected (x, y) location, which keeps positions precise (Levine et al. 2016). With
-    fine=True a second keypoint token comes from the map before the last conv (12x12 at 96 px): the
-    expectation over a 2x finer grid, for tasks decided by the last pixels of alignment."""
+    each channel's expected (x, y) location, which keeps positions precise (Levine et al. 2016)."""
 
-    def __init__(self, in_channels, width=16, grid=3, fine=False):
+    def __init__(self, in_channels, width=16, grid=3):
         super().__init__()
         chans = [in_channels, width, width, 2 * width, 4 * width]
         layers = []
@@ -158,25 +155,16 @@ class ConvEncoder(nn.Module):
         self.convs = nn.Sequential(*layers)
         self.grid, self.out_dim = grid, chans[-1]
         self.keypoint_proj = nn.Linear(2 * chans[-1], chans[-1])
-        self.fine_keypoint_proj = nn.Linear(2 * chans[-2], chans[-1]) if fine else None
-
-    @staticmethod
-    def keypoints(f):
-        """Spatial softmax: (B, C, h, w) -> (B, 2C), each channel's expected (x, y) in [-1, 1]."""
-        B, C, h, w = f.shape
-        attn = f.flatten(2).softmax(dim=-1)  # (B, C, h*w): where each channel fires
-        ys, xs = torch.meshgrid(torch.linspace(-1, 1, h, device=f.device), torch.linspace(-1, 1, w, device=f.device),
-                                indexing="ij")
-        return torch.stack([(attn * xs.reshape(-1)).sum(-1), (attn * ys.reshape(-1)).sum(-1)], dim=-1).flatten(1)
 
     def forward(self, x):
-        f_fine = self.convs[:-3](x)  # (B, 2w, 2h, 2w'): the map before the last conv block
-        f = self.convs[-3:](f_fine)  # (B, C, h, w)
-        tokens = [F.adaptive_avg_pool2d(f, self.grid).flatten(2).transpose(1, 2),  # (B, g*g, C)
-                  self.keypoint_proj(self.keypoints(f)).unsqueeze(1)]
-        if self.fine_keypoint_proj is not None:
-            tokens.append(self.fine_keypoint_proj(self.keypoints(f_fine)).unsqueeze(1))
-        return torch.cat(tokens, dim=1)
+        f = self.convs(x)  # (B, C, h, w)
+        tokens = F.adaptive_avg_pool2d(f, self.grid).flatten(2).transpose(1, 2)  # (B, g*g, C)
+        B, C, h, w = f.shape
+        attn = f.flatten(2).softmax(dim=-1)  # (B, C, h*w): where each channel fires
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, h, device=x.device), torch.linspace(-1, 1, w, device=x.device),
+                                indexing="ij")
+        kp = torch.stack([(attn * xs.reshape(-1)).sum(-1), (attn * ys.reshape(-1)).sum(-1)], dim=-1)  # (B, C, 2)
+        return torch.cat([tokens, self.keypoint_proj(kp.flatten(1)).unsqueeze(1)], dim=1)
 
 
 class SiglipEncoder(nn.Module):
@@ -241,7 +229,7 @@ def build_vision(cfg, saved_config=None):
     """-> (encoder module with .out_dim, per-channel image mean, std)."""
     from transformers import SiglipVisionConfig, SiglipVisionModel
     if cfg.vision_encoder == "cnn":
-        return ConvEncoder(3, cfg.cnn_width, cfg.vision_grid, cfg.fine_keypoints), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+        return ConvEncoder(3, cfg.cnn_width, cfg.vision_grid), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
     if saved_config is not None:
         tower = SiglipVisionModel(SiglipVisionConfig(**saved_config))
     elif cfg.vision_encoder == "tiny-siglip":

@@ -44,7 +44,6 @@ instruction = ''  # '' = each episode's own task text from the dataset (stored i
 # data
 augment = True  # random crop / color jitter / small affine on training images
 augment_shift = 0  # pixels: random image shift of up to +-N px (DrQ, Kostrikov et al. 2020); 0 = off
-augment_shift_units = 0.0  # state/action units per image pixel: shift the (x, y) of proprio and actions with the image (a top-down camera: PushT 512/96); 0 = image only
 n_obs_steps = 1  # observations t-n+1..t the policy conditions on (Diffusion Policy uses 2), via delta_timestamps
 # model (fields of model.ManipulationVLAConfig; dims come from the dataset)
 vision_encoder = 'cnn'  # 'cnn' | 'tiny-siglip' | a SigLIP hub id or folder
@@ -315,12 +314,7 @@ for it in pbar:
         batch = next(batches)
         if augment:
             batch['images'] = data.augment_batch(batch['images'])
-        if augment_shift > 0 and augment_shift_units > 0:  # translate the whole world: image, state and actions agree
-            batch['images'], shifts = data.shift_batch(batch['images'], augment_shift, return_shifts=True)
-            shifts = shifts.to(batch['proprio'].device)
-            batch['proprio'][..., :2] += shifts * augment_shift_units  # (B, 2) image-plane (x, y) = the state's first two
-            batch['action'][..., :2] += shifts[:, None] * augment_shift_units
-        elif augment_shift > 0:  # translation only: the camera is fixed, but shifts stop pixel-exact memorization
+        if augment_shift > 0:  # translation only: the camera is fixed, but shifts stop pixel-exact memorization
             batch['images'] = data.shift_batch(batch['images'], augment_shift)
         if ddp:  # only sync gradients on the last micro-step (nanoGPT)
             train_model.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1

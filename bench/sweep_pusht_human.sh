@@ -7,6 +7,8 @@
 #   SET 4: width 32 / 4x4 grid again (seed 2), width 64, a 6x6 grid;  SET 3: how long to commit to a chunk (chunk 16 vs 32, each evaluated at several n_action_steps), head width, width 32
 #   SET 5: the relative-actions preset (twice, two seeds) against EMA 0.999, 2 observation steps, lr 1e-3, a 256-wide LM, +-6 px shifts
 #   SET 6: the preset, keypoints from the finer map, shifts that move state and actions with the image, both; two seeds each
+#   SET 7: shifts that move state and actions with the image (seeds 1337, 2, 3), the preset (seed 3)
+#   (sets 6 and 7 use --fine_keypoints / --augment_shift_units, which did not help and were removed: run them at commit 5ea74da)
 # EVAL_WRAPPER (env): a script run instead of eval.py, with eval.py's arguments, for the recipes in W (val_w*.json)
 # EVAL_PROCS (env, default 2): evaluation processes per recipe, each EVAL_EPISODES_PER_PROC episodes on the next validation seeds
 # The figures in RESULTS.md: `bash bench/sweep_pusht_human.sh 12000 360 25 cuda 1 .gpu/pusht_human_v30` and
