@@ -9,6 +9,7 @@
 #   SET 6: the preset, keypoints from the finer map, shifts that move state and actions with the image, both; two seeds each
 #   SET 7: shifts that move state and actions with the image (seeds 1337, 2, 3), the preset (seed 3)
 #   (sets 6 and 7 use --fine_keypoints / --augment_shift_units, which did not help and were removed: run them at commit 5ea74da)
+#   (sets 5-7 ran the preset with its 32-wide CNN, before it became 64 wide: at later commits add --cnn_width=32 to common)
 # EVAL_WRAPPER (env): a script run instead of eval.py, with eval.py's arguments, for the recipes in W (val_w*.json)
 # EVAL_PROCS (env, default 2): evaluation processes per recipe, each EVAL_EPISODES_PER_PROC episodes on the next validation seeds
 # The figures in RESULTS.md: `bash bench/sweep_pusht_human.sh 12000 360 25 cuda 1 .gpu/pusht_human_v30` and
