@@ -42,14 +42,16 @@ _open_renderers = weakref.WeakSet()  # MuJoCo renderers of the MuJoCo tasks (alo
 
 
 def new_mujoco_renderer(model, height, width):
-    """An offscreen mujoco.Renderer that is freed at exit while EGL is still up (one freed after mujoco's
-    own exit hook has called eglTerminate prints errors). Our hook is registered after mujoco's, so it runs first."""
+    """An offscreen mujoco.Renderer that is freed at exit while EGL is still up (one freed after an exit hook has
+    called eglTerminate prints errors). mujoco registers that hook at its first context, dm_control (gym-aloha) when
+    it is imported, which can be after a Lift renderer: so our hook moves to the end of the exit hooks with every
+    new renderer, and atexit, last in first out, runs it before theirs."""
     import mujoco  # the MuJoCo tasks import it first, after setting MUJOCO_GL
 
     r = mujoco.Renderer(model, height, width)
     _open_renderers.add(r)
-    if len(_open_renderers) == 1:
-        atexit.register(_close_mujoco_renderers)
+    atexit.unregister(_close_mujoco_renderers)
+    atexit.register(_close_mujoco_renderers)
     return r
 
 
