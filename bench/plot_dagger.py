@@ -54,7 +54,7 @@ def print_paired(first, second):
     if len(ha) != len(hb) or len(ha) < 2:
         return
     print(f"\npaired by seed, {a} - {b}:\n{'round':>5} {'pairs':>5} {'success':>14} {'max_rew':>14}")
-    for i in range(max(len(h) for h in ha)):
+    for i in range(min(max(len(h) for h in ha), max(len(h) for h in hb))):  # rounds that both methods reached
         pairs = [(x[i], y[i]) for x, y in zip(ha, hb) if len(x) > i and len(y) > i]
         (s, s_se), (r, r_se) = (mean_se([x[key] - y[key] for x, y in pairs]) for key in ('test_success', 'test_max_reward'))
         print(f"{pairs[0][0]['round']:>5} {len(pairs):>5} {s:>+7.3f} ±{s_se:.3f} {r:>+7.3f} ±{r_se:.3f}")
