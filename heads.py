@@ -16,6 +16,7 @@ padded to a 14-D arm's). The heads, from simplest to most expressive:
 
     MLPActionHead           regression (L1 or MSE): one answer, averages multimodal demos
     GaussianActionHead      a diagonal Gaussian: NLL loss, log_prob for policy gradient / GAIL
+    MixtureActionHead       K Laplace components: keeps multimodal demos' modes apart at the MLP's cost
     DiffusionActionHead     DDPM training, DDPM or DDIM sampling (Chi et al. 2023)
     FlowMatchingActionHead  rectified flow, few Euler steps (Lipman et al. 2023; pi0, Black et al. 2024)
     TransformerActionHead   ACT decoder: one learned query per chunk step cross-attends the tokens
@@ -138,6 +139,42 @@ class GaussianActionHead(nn.Module):
         mean, log_std = self.distribution(cond)
         nll = -self._elementwise_log_prob(target, mean, log_std)
         return dict(loss=masked_mean(nll, mask), std=log_std.exp().mean().detach())
+
+
+class MixtureActionHead(nn.Module):
+    """A mixture of K Laplace distributions over the whole chunk (robomimic's GMM head, Mandlekar et al.
+    2021, with the L1 loss's distribution). L1 regression is maximum likelihood under ONE Laplace, so on
+    multimodal demos (push now, or go around first) it predicts a median between the modes; with K
+    components each mode keeps its own chunk and a weight, and inference commits to the heaviest one.
+    Costs what the MLP head costs: one MLP outputs the K weights, means and scales."""
+    LOG_SCALE_MIN, LOG_SCALE_MAX = -7.0, 1.0  # scale in [0.0009, 2.7] of the normalized [-1, 1] range
+
+    def __init__(self, cond_dim, action_dim, chunk_size, hidden_dim=256, num_layers=2, num_components=5):
+        super().__init__()
+        self.action_dim, self.chunk_size, self.k = action_dim, chunk_size, num_components
+        self.net = mlp(cond_dim, hidden_dim, num_components * (1 + 2 * chunk_size * action_dim), num_layers)
+
+    def distribution(self, cond):
+        """-> log weights (B, K), means (B, K, T, A), log scales (B, K, T, A)."""
+        out = self.net(cond.flatten(1))
+        logits, rest = out[:, :self.k], out[:, self.k:].view(-1, self.k, self.chunk_size, 2 * self.action_dim)
+        mean, raw = rest.chunk(2, dim=-1)
+        log_scale = self.LOG_SCALE_MIN + 0.5 * (self.LOG_SCALE_MAX - self.LOG_SCALE_MIN) * (torch.tanh(raw) + 1)
+        return logits.log_softmax(-1), mean, log_scale
+
+    def forward(self, cond):
+        log_w, mean, _ = self.distribution(cond)
+        best = log_w.argmax(-1)  # commit to the most likely mode: a mean between modes is no mode at all
+        return dict(action=mean[torch.arange(mean.shape[0], device=mean.device), best], weights=log_w.exp())
+
+    def compute_loss(self, cond, target, mask=None):
+        log_w, mean, log_scale = self.distribution(cond)
+        # log Laplace(a; mu, b) = -|a - mu| / b - log(2b), summed over the chunk's valid elements per component
+        lp = -(target.unsqueeze(1) - mean).abs() / log_scale.exp() - log_scale - math.log(2)  # (B, K, T, A)
+        m = element_mask(mask, target) if mask is not None else torch.ones_like(target)  # (B, T, A)
+        log_lik = torch.logsumexp(log_w + (lp * m.unsqueeze(1)).sum(dim=(2, 3)), dim=-1)  # (B,) log sum_k w_k p_k
+        n_valid = m.sum(dim=(1, 2)).clamp(min=1.0)  # per sample: the loss is per element, like L1's
+        return dict(loss=-(log_lik / n_valid).mean(), scale=log_scale.exp().mean().detach())
 
 
 # ----------------------------------------------------------------------------- denoiser

@@ -37,11 +37,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from heads import (DiffusionActionHead, FlowMatchingActionHead, GaussianActionHead, MLPActionHead,
-                   TransformerActionHead)
+from heads import (DiffusionActionHead, FlowMatchingActionHead, GaussianActionHead, MixtureActionHead,
+                   MLPActionHead, TransformerActionHead)
 
 FORMAT_VERSION = 2  # of config.json + model.safetensors; bump when the layout changes (2: per-task statistics)
-HEAD_TYPES = ("mlp", "gaussian", "diffusion", "flow", "transformer")
+HEAD_TYPES = ("mlp", "gaussian", "mixture", "diffusion", "flow", "transformer")
 
 
 @dataclass
@@ -58,7 +58,7 @@ class ManipulationVLAConfig:
     proprioception_dim: int = 2
     action_dim: int = 2
     action_type: str = "continuous"  # 'continuous' (the only kind; discrete RT-2 style bins are not built)
-    action_head_type: str = "mlp"  # 'mlp' | 'gaussian' | 'diffusion' | 'flow' | 'transformer'
+    action_head_type: str = "mlp"  # 'mlp' | 'gaussian' | 'mixture' | 'diffusion' | 'flow' | 'transformer'
     action_chunk_size: int = 16  # actions predicted per observation
     num_tasks: int = 1  # tasks the policy serves (multi-task BC): each has its own normalization statistics
     multi_head: bool = False  # one action head per task on the shared backbone (else one head for all)
@@ -83,7 +83,8 @@ class ManipulationVLAConfig:
     vision_grid: int = 3  # cnn feature map pooled to grid x grid tokens (+ 1 spatial-softmax token)
     num_readout_tokens: int = 4
     max_text_tokens: int = 64  # longer instructions are truncated
-    head_hidden_dim: int = 256  # mlp / gaussian heads
+    head_hidden_dim: int = 256  # mlp / gaussian / mixture heads
+    mixture_components: int = 5  # Laplace components of the mixture head (robomimic's GMM uses 5)
     denoiser_dim: int = 128  # diffusion / flow denoiser channels and the transformer head's width
     regression_loss: str = "l1"  # 'l1' | 'mse' for the mlp and transformer heads
     relative_actions: bool = False  # the head predicts each action as an offset from the current state (see act)
@@ -100,8 +101,8 @@ class ManipulationVLAConfig:
         if self.relative_actions and not (self.use_proprioception and self.proprioception_dim >= self.action_dim):
             raise ValueError("relative_actions=True measures actions from the state's first action_dim dims: it needs "
                              "use_proprioception=True and proprioception_dim >= action_dim (the same quantities)")
-        if min(self.num_cameras, self.num_readout_tokens, self.n_obs_steps, self.num_tasks) < 1:
-            raise ValueError("num_cameras, num_readout_tokens, n_obs_steps and num_tasks must be >= 1")
+        if min(self.num_cameras, self.num_readout_tokens, self.n_obs_steps, self.num_tasks, self.mixture_components) < 1:
+            raise ValueError("num_cameras, num_readout_tokens, n_obs_steps, num_tasks and mixture_components must be >= 1")
 
     @property
     def image_hw(self):
@@ -323,6 +324,8 @@ class ManipulationVLA(nn.Module):
             return MLPActionHead(flat, A, T, cfg.head_hidden_dim, loss=cfg.regression_loss)
         if cfg.action_head_type == "gaussian":
             return GaussianActionHead(flat, A, T, cfg.head_hidden_dim)
+        if cfg.action_head_type == "mixture":
+            return MixtureActionHead(flat, A, T, cfg.head_hidden_dim, num_components=cfg.mixture_components)
         if cfg.action_head_type == "diffusion":
             return DiffusionActionHead(flat, A, T, cfg.denoiser_dim, num_train_steps=cfg.diffusion_steps,
                                        schedule=cfg.diffusion_schedule, prediction=cfg.diffusion_prediction,

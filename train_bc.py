@@ -48,7 +48,7 @@ n_obs_steps = 1  # observations t-n+1..t the policy conditions on (Diffusion Pol
 # model (fields of model.ManipulationVLAConfig; dims come from the dataset)
 vision_encoder = 'cnn'  # 'cnn' | 'tiny-siglip' | a SigLIP hub id or folder
 vlm_backbone = 'tiny-qwen2'  # 'tiny-qwen2' | a causal-LM hub id or folder, e.g. Qwen/Qwen2-0.5B-Instruct
-action_head_type = 'mlp'  # 'mlp' | 'gaussian' | 'diffusion' | 'flow' | 'transformer'
+action_head_type = 'mlp'  # 'mlp' | 'gaussian' | 'mixture' | 'diffusion' | 'flow' | 'transformer'
 action_chunk_size = 16  # actions predicted per observation
 n_action_steps = 8  # actions executed from each chunk before re-planning (<= action_chunk_size)
 temporal_ensemble_coeff = None  # ACT temporal ensembling weight decay (needs n_action_steps == 1); None = off

@@ -22,8 +22,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from deploy import StepPolicy, example_inputs, export_policy, load_exported  # noqa: E402
 from model import ManipulationVLA, ManipulationVLAConfig  # noqa: E402
 
-HEADS = ['mlp', 'gaussian', 'diffusion', 'flow', 'transformer']
-TARGET_P99_MS = {'mlp': 5, 'gaussian': 5, 'diffusion': 20, 'flow': 20, 'transformer': None}
+HEADS = ['mlp', 'gaussian', 'mixture', 'diffusion', 'flow', 'transformer']
+TARGET_P99_MS = {'mlp': 5, 'gaussian': 5, 'mixture': 5, 'diffusion': 20, 'flow': 20, 'transformer': None}
 STATS = {'observation.state': {'mean': [256.0] * 2, 'std': [100.0] * 2},
          'action': {'min': [0.0] * 2, 'max': [512.0] * 2}}
 

@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import train_common  # noqa: E402
 from model import ManipulationVLA, ManipulationVLAConfig  # noqa: E402
 
-HEADS = ['mlp', 'gaussian', 'diffusion', 'flow', 'transformer']
+HEADS = ['mlp', 'gaussian', 'mixture', 'diffusion', 'flow', 'transformer']
 
 
 def make_batch(cfg, batch_size):

@@ -15,6 +15,8 @@
 # 64-wide CNN, the same 14000 iterations in 82 min, 0.49 (0.865) on the same 200 test seeds, the best measured there
 # (one seed: 0.025 above the 32-wide CNN's better seed, under one standard error), and 0.415 on the next 200 seeds:
 # 0.45 over 400, so its lead is within the noise.
+# A mixture head (5 Laplace components, the heaviest executed) with this recipe: 0.07 -- its best component fits the
+# demos as well as the MLP, but it cannot tell which one the human took (RESULTS.md, 2026-11-27 #10).
 # LeRobot's diffusion_pusht reaches 0.638 after 200k GPU steps: the target is NOT reached yet.
 task = 'pusht'  # the simulator: gym-pusht (the dataset's own task text conditions the policy)
 dataset = 'lerobot/pusht'

@@ -19,7 +19,7 @@ from eval import VLAPolicy  # noqa: E402
 from model import ManipulationVLA, ManipulationVLAConfig  # noqa: E402
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
-HEADS = ["mlp", "gaussian", "diffusion", "flow", "transformer"]
+HEADS = ["mlp", "gaussian", "mixture", "diffusion", "flow", "transformer"]
 INSTRUCTION = envs.TASKS["pusht"]["instruction"]
 STATS = {"observation.state": {"mean": [256.0, 256.0], "std": [100.0, 100.0]},
          "action": {"min": [20.0, 30.0], "max": [490.0, 500.0]}}

@@ -8,7 +8,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from heads import (DiffusionActionHead, FlowMatchingActionHead, GaussianActionHead,  # noqa: E402
-                   MLPActionHead, TransformerActionHead, make_beta_schedule)
+                   MixtureActionHead, MLPActionHead, TransformerActionHead, make_beta_schedule)
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 N, D = 3, 8  # conditioning tokens and their width
@@ -20,6 +20,8 @@ def make_head(kind, action_dim, chunk, **kw):
         return MLPActionHead(N * D, action_dim, chunk, hidden_dim=32, **kw)
     if kind == "gaussian":
         return GaussianActionHead(N * D, action_dim, chunk, hidden_dim=32, **kw)
+    if kind == "mixture":
+        return MixtureActionHead(N * D, action_dim, chunk, hidden_dim=32, **kw)
     if kind == "diffusion":
         return DiffusionActionHead(N * D, action_dim, chunk, hidden_dim=32, num_blocks=2, **kw)
     if kind == "flow":
@@ -27,7 +29,7 @@ def make_head(kind, action_dim, chunk, **kw):
     return TransformerActionHead(D, action_dim, chunk, hidden_dim=32, num_layers=1, **kw)
 
 
-KINDS = ["mlp", "gaussian", "diffusion", "flow", "transformer"]
+KINDS = ["mlp", "gaussian", "mixture", "diffusion", "flow", "transformer"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -99,6 +101,19 @@ def test_generative_heads_sample_both_modes(kind):
 def test_mlp_head_averages_the_modes():
     a = train_bimodal(make_head("mlp", 1, 1, loss="mse"), steps=200)
     assert a.abs().max() < 0.2, "MSE regression should predict the mean of two symmetric modes"
+
+
+def test_mixture_head_commits_to_one_mode_and_weighs_both():
+    """Where L1 / MSE regression lands between two pushes, the mixture keeps both and executes one of them."""
+    head = make_head("mixture", 1, 1, num_components=3)
+    a = train_bimodal(head)
+    assert ((a.abs() - 0.6).abs() < 0.05).all(), f"actions {a.min():.3f}..{a.max():.3f} are not at a mode (+-0.6)"
+    with torch.no_grad():
+        log_w, mean, _ = head.distribution(torch.zeros(1, N, D))
+    heavy = log_w.exp()[0] > 0.25  # the components that carry the data
+    assert torch.isclose(log_w.exp()[0][heavy].sum(), torch.tensor(1.0), atol=0.05)
+    modes = sorted(mean[0, heavy, 0, 0].tolist())
+    assert modes[0] < -0.55 and modes[-1] > 0.55, f"heavy components at {modes}: both modes should be kept"
 
 
 class ExactEps(torch.nn.Module):

@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from model import ManipulationVLA, ManipulationVLAConfig  # noqa: E402
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
-HEADS = ["mlp", "gaussian", "diffusion", "flow", "transformer"]
+HEADS = ["mlp", "gaussian", "mixture", "diffusion", "flow", "transformer"]
 STATS = {"observation.state": {"mean": [256.0, 250.0], "std": [100.0, 90.0], "min": [0, 0], "max": [512, 512]},
          "action": {"mean": [256.0, 256.0], "std": [100.0, 100.0], "min": np.array([10.0, 20.0]),
                     "max": np.array([500.0, 480.0])}}

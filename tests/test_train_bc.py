@@ -65,7 +65,7 @@ def losses(out_dir):
     return {r['iter']: r['loss'] for r in map(json.loads, open(os.path.join(out_dir, 'log.jsonl'))) if 'loss' in r}
 
 
-HEADS = ['mlp', 'gaussian', 'diffusion', 'flow', 'transformer']
+HEADS = ['mlp', 'gaussian', 'mixture', 'diffusion', 'flow', 'transformer']
 
 
 @pytest.fixture(scope='module')
@@ -88,7 +88,7 @@ def test_every_head_trains_and_eval_loads(head, head_runs):
     for f in ['model.safetensors', 'config.json', state['tensors'], 'training_state.json',
               'train_config.json', 'curves.png']:
         assert os.path.exists(os.path.join(out, f)), f
-    if head not in ('flow', 'transformer'):  # eval.py on the others: DAgger's (mlp), GAIL's (gaussian) and
+    if head not in ('mixture', 'flow', 'transformer'):  # eval.py on the others: DAgger's (mlp), GAIL's (gaussian) and
         return  # best/ (diffusion) checkpoints go through conftest.check_checkpoint_runs
     # eval.py loads the checkpoint and runs it closed-loop in the simulator
     r = subprocess.run([sys.executable, 'eval.py', f'--ckpt={out}', '--episodes=1', '--max_steps=20', '--videos=0'],
