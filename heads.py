@@ -69,6 +69,12 @@ def mlp(in_dim, hidden_dim, out_dim, num_layers=2):
     return nn.Sequential(*layers, nn.Linear(d, out_dim))
 
 
+def squash(raw, low, high):
+    """raw -> (low, high) smoothly with a tanh: the bounded log-scales of the likelihood heads (a hard clamp
+    would stop the gradient at the bounds)."""
+    return low + 0.5 * (high - low) * (torch.tanh(raw) + 1)
+
+
 def regression_loss(pred, target, kind):
     """Element-wise L1 (ACT's choice: sharper than MSE on demonstrations) or MSE."""
     if kind == "l1":
@@ -107,11 +113,10 @@ class GaussianActionHead(nn.Module):
         self.net = mlp(cond_dim, hidden_dim, 2 * chunk_size * action_dim, num_layers)
 
     def distribution(self, cond):
-        """-> mean, log_std, each (B, T, A). The log-std is squashed smoothly into its range with a
-        tanh (a hard clamp would stop its gradient at the bounds)."""
+        """-> mean, log_std, each (B, T, A), the log-std squashed into its range."""
         out = self.net(cond.flatten(1)).view(-1, self.chunk_size, 2 * self.action_dim)
         mean, raw = out.chunk(2, dim=-1)
-        log_std = self.LOG_STD_MIN + 0.5 * (self.LOG_STD_MAX - self.LOG_STD_MIN) * (torch.tanh(raw) + 1)
+        log_std = squash(raw, self.LOG_STD_MIN, self.LOG_STD_MAX)
         return mean, log_std
 
     def forward(self, cond, deterministic=True):
@@ -159,7 +164,7 @@ class MixtureActionHead(nn.Module):
         out = self.net(cond.flatten(1))
         logits, rest = out[:, :self.k], out[:, self.k:].view(-1, self.k, self.chunk_size, 2 * self.action_dim)
         mean, raw = rest.chunk(2, dim=-1)
-        log_scale = self.LOG_SCALE_MIN + 0.5 * (self.LOG_SCALE_MAX - self.LOG_SCALE_MIN) * (torch.tanh(raw) + 1)
+        log_scale = squash(raw, self.LOG_SCALE_MIN, self.LOG_SCALE_MAX)
         return logits.log_softmax(-1), mean, log_scale
 
     def forward(self, cond):

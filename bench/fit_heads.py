@@ -27,10 +27,11 @@ def fit(model, dataset, idx, batch_size=64):
         cond = model.features(batch['images'], batch['proprio'], cache['text_embeds'], cache['text_mask'])
         target = model.normalize_action(batch['action']) - model.action_origin(batch['proprio'])
         valid = (~batch['action_is_pad']).float().unsqueeze(-1).expand_as(target)  # (B, T, A)
-        out = model.head_for()(cond)
+        head = model.head_for()
+        out = head(cond)
         rows = {'executed L1': ((out['action'] - target).abs() * valid).sum((1, 2)) / valid.sum((1, 2))}
         if 'weights' in out:  # the mixture head
-            log_w, mean, _ = model.head_for().distribution(cond)
+            log_w, mean, _ = head.distribution(cond)
             per_k = ((mean - target.unsqueeze(1)).abs() * valid.unsqueeze(1)).sum((2, 3)) / valid.sum((1, 2)).unsqueeze(1)
             w = log_w.exp()
             rows.update({'best-of-K L1': per_k.min(1).values, 'heaviest weight': w.max(1).values,
