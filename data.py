@@ -463,6 +463,29 @@ def shift_batch(images, pad, generator=None):
     out = torch.stack([p[:, i:i + H, j:j + W] for p, i, j in zip(padded, dy, dx)])  # slices: 4x faster than a gather
     return out.to(images.dtype).reshape(shape)
 
+def mirror_batch(batch, line, generator=None):
+    """Reflect a random half of the samples across the line x + y = `line` (a task spec's mirror_line): xy of the
+    state and of every action -> (line - y, line - x), and each image about its anti-diagonal, which is where that
+    line lies in a square top-down picture of the [0, line]^2 arena (row = y, column = x). Where the task is symmetric
+    about the line (PushT: the goal T's stem lies on it), a mirrored demonstration is as valid as the original, so
+    this doubles the distinct states the policy sees (symmetry as data augmentation: Lin et al. 2020, "Invariant
+    Transform Experience Replay"). Returns a new batch; the first two state and action dims must be x, y."""
+    images = batch["images"]
+    if images.shape[-1] != images.shape[-2]:
+        raise ValueError(f"mirror_batch reflects about the picture's diagonal: it needs square images, got "
+                         f"{tuple(images.shape[-2:])}; turn --augment_mirror off for this dataset")
+    flip = torch.rand(images.shape[0], generator=generator) < 0.5  # (B,)
+    out = dict(batch)
+    out["images"] = torch.where(flip.view(-1, *[1] * (images.dim() - 1)), images.flip(-2, -1).transpose(-2, -1), images)
+    for key in ("proprio", "action"):
+        x = batch[key].clone()
+        xy = x[..., :2]
+        mirrored = torch.stack([line - xy[..., 1], line - xy[..., 0]], -1)
+        x[..., :2] = torch.where(flip.view(-1, *[1] * (xy.dim() - 1)), mirrored, xy)
+        out[key] = x
+    return out
+
+
 class ManipulationDataset(torch.utils.data.Dataset):
     """LeRobot frames -> the model's batch convention. Sample i is frame i of the dataset:
         observations at t-n_obs+1..t -> images (cams, 3, H, W) uint8, proprio (D,); with n_obs_steps > 1

@@ -14,7 +14,7 @@ TASKS = {
     "pusht": dict(env_id="gym_pusht/PushT-v0", fps=10, max_steps=300, image_size=96,
                   instruction="push the T-shaped block onto the T-shaped target",
                   image_keys=["observation.image"], state_key="observation.state", state_dim=2, action_dim=2,
-                  action_low=0.0, action_high=512.0),
+                  action_low=0.0, action_high=512.0, mirror_line=512.0),
     # ALOHA (aloha.py): 50 Hz, 400 steps like ACT and LeRobot; state / action = 14 joint angles / joint targets
     "aloha_transfer_cube": dict(env_id="gym_aloha/AlohaTransferCube-v0", fps=50, max_steps=400, image_size=96,
                                 instruction="pick up the cube with the right arm and transfer it to the left arm",
@@ -32,6 +32,9 @@ TASKS = {
                  state_dim=5, action_dim=4, action_low=[-1.0] * 4, action_high=[1.0] * 4,
                  action_mode=("delta", "delta", "delta", "absolute"), rest_action=[0.0, 0.0, 0.0, -1.0]),
 }
+# mirror_line: the scene is symmetric under the reflection (x, y) -> (L - y, L - x) across the line x + y = L, so a
+# reflected demonstration is another valid one (data.mirror_batch; train_bc.py --augment_mirror). PushT: the goal T
+# (256, 256, 45 deg) has its stem on x + y = 512, and the T block, the round pusher and the physics are symmetric too.
 # action_mode (default 'absolute'): an 'absolute' action is a target position (PushT's pusher, ALOHA's joints);
 # a 'delta' one is a displacement per step (Lift's OSC deltas), held at 0. rest_action: the command of a robot at
 # rest (Lift: no motion, gripper open), the safety shield's first reference where the state is not a command.

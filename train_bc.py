@@ -44,6 +44,7 @@ instruction = ''  # '' = each episode's own task text from the dataset (stored i
 # data
 augment = True  # random crop / color jitter / small affine on training images
 augment_shift = 0  # pixels: random image shift of up to +-N px (DrQ, Kostrikov et al. 2020); 0 = off
+augment_mirror = False  # reflect half of each batch across the task's symmetry line (tasks.py mirror_line: PushT)
 n_obs_steps = 1  # observations t-n+1..t the policy conditions on (Diffusion Policy uses 2), via delta_timestamps
 # model (fields of model.ManipulationVLAConfig; dims come from the dataset)
 vision_encoder = 'cnn'  # 'cnn' | 'tiny-siglip' | a SigLIP hub id or folder
@@ -99,6 +100,9 @@ if temporal_ensemble_coeff is not None and n_action_steps != 1:
 if mixed_precision not in ('no', 'bf16', 'fp16'):
     raise SystemExit(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {mixed_precision!r}")
 task_spec = envs.TASKS[task]
+if augment_mirror and 'mirror_line' not in task_spec:
+    raise SystemExit(f"--augment_mirror needs a task whose scene is mirror-symmetric (a mirror_line in tasks.py): "
+                     f"{[t for t, s in envs.TASKS.items() if 'mirror_line' in s]}, not {task!r}")
 
 # distributed setup: torchrun sets RANK/WORLD_SIZE/LOCAL_RANK
 ddp, rank, world_size, device = train_common.init_distributed(device)
@@ -316,6 +320,8 @@ for it in pbar:
             batch['images'] = data.augment_batch(batch['images'])
         if augment_shift > 0:  # translation only: the camera is fixed, but shifts stop pixel-exact memorization
             batch['images'] = data.shift_batch(batch['images'], augment_shift)
+        if augment_mirror:  # a reflected push is another valid push: twice the distinct states
+            batch = data.mirror_batch(batch, task_spec['mirror_line'])
         if ddp:  # only sync gradients on the last micro-step (nanoGPT)
             train_model.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
         with autocast:

@@ -55,7 +55,7 @@ def test_every_preset_resolves_through_task(preset):
 def test_pusht_human_preset_is_the_hub_dataset():
     cfg = script_config("train_bc.py", ["--task=pusht_human", "--max_iters=7"])
     assert (cfg["task"], cfg["dataset"], cfg["max_iters"]) == ("pusht", "lerobot/pusht", 7)
-    assert cfg["augment_shift"] == 4 and cfg["final_eval_episodes"] >= 200
+    assert cfg["augment_shift"] == 4 and cfg["augment_mirror"] and cfg["final_eval_episodes"] >= 200
 
 
 def write_dataset(root, episodes=2, length=6, text=TEXT, size=96):
@@ -189,6 +189,46 @@ def test_shift_batch_is_a_shifted_copy():
     for i in range(5):  # each output is one 16x16 window of its replicate-padded input
         assert any(torch.equal(y[i, 0].float(), padded[i, :, dy:dy + 16, dx:dx + 16])
                    for dy in range(5) for dx in range(5))
+
+
+def test_mirror_batch_is_the_reflected_scene():
+    """PushT's symmetry (tasks.py mirror_line): a mirrored frame is what the simulator renders for the reflected
+    state, and state and actions are reflected with it, so a mirrored demonstration is a valid one."""
+    import pusht
+    env = pusht.make_env("pusht")
+    env.reset(seed=0)
+    sim, L = env.unwrapped, envs.TASKS["pusht"]["mirror_line"]
+    rng = np.random.default_rng(0)
+    frames, reflected, states, actions = [], [], [], []
+    for _ in range(12):
+        (ax, ay), (bx, by), th, (tx, ty) = rng.uniform(60, 450, 2), rng.uniform(120, 390, 2), rng.uniform(-3, 3), rng.uniform(60, 450, 2)
+        pusht.set_state(env, [ax, ay, bx, by, th])
+        sim._last_action = np.array([tx, ty])  # gym-pusht draws the last target as a cross: it is reflected too
+        frames.append(sim.get_obs()["pixels"])
+        pusht.set_state(env, [L - ay, L - ax, L - by, L - bx, np.pi / 2 - th])  # the T's axis angle th -> pi/2 - th
+        sim._last_action = np.array([L - ty, L - tx])
+        reflected.append(sim.get_obs()["pixels"])
+        states.append([ax, ay])
+        actions.append([[tx, ty], [ax, ty]])
+    to_batch = lambda f: torch.from_numpy(np.stack(f)).permute(0, 3, 1, 2)[:, None].contiguous()  # (B, 1, 3, H, W)
+    batch = {"images": to_batch(frames), "proprio": torch.tensor(states).float(), "action": torch.tensor(actions).float()}
+    out = data.mirror_batch(batch, L, generator=torch.Generator().manual_seed(0))
+    flipped = (out["proprio"] != batch["proprio"]).any(-1)
+    assert 0 < flipped.sum() < 12  # a random half, not all or none
+    want = torch.where(flipped.view(-1, 1, 1, 1, 1), to_batch(reflected), batch["images"])
+    assert (out["images"].float() - want.float()).abs().mean() < 1.0  # of 255: the renderer's edge pixels differ
+    assert torch.equal(out["images"][~flipped], batch["images"][~flipped])
+    s, a = batch["proprio"][flipped], batch["action"][flipped]
+    assert torch.allclose(out["proprio"][flipped], torch.stack([L - s[:, 1], L - s[:, 0]], -1))
+    assert torch.allclose(out["action"][flipped], torch.stack([L - a[..., 1], L - a[..., 0]], -1))
+    with pytest.raises(ValueError, match="square images"):
+        data.mirror_batch({**batch, "images": batch["images"][..., :80]}, L)
+
+
+def test_mirror_needs_a_symmetric_task():
+    r = subprocess.run([sys.executable, "train_bc.py", "--task=aloha_transfer_cube", "--augment_mirror=True"],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "mirror-symmetric" in r.stderr and "['pusht']" in r.stderr
 
 
 @pytest.mark.skipif(not HUMAN.exists(), reason="../shared/datasets/pusht_human_v30 not present (a user's clone)")
