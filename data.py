@@ -463,8 +463,8 @@ def shift_batch(images, pad, generator=None):
     out = torch.stack([p[:, i:i + H, j:j + W] for p, i, j in zip(padded, dy, dx)])  # slices: 4x faster than a gather
     return out.to(images.dtype).reshape(shape)
 
-def mirror_batch(batch, line, generator=None):
-    """Reflect a random half of the samples across the line x + y = `line` (a task spec's mirror_line): xy of the
+def mirror_batch(batch, line, p=0.5, generator=None):
+    """Reflect a random fraction p of the samples (1 = all) across the line x + y = `line` (a task spec's mirror_line): xy of the
     state and of every action -> (line - y, line - x), and each image about its anti-diagonal, which is where that
     line lies in a square top-down picture of the [0, line]^2 arena (row = y, column = x). Where the task is symmetric
     about the line (PushT: the goal T's stem lies on it), a mirrored demonstration is as valid as the original, so
@@ -474,9 +474,12 @@ def mirror_batch(batch, line, generator=None):
     if images.shape[-1] != images.shape[-2]:
         raise ValueError(f"mirror_batch reflects about the picture's diagonal: it needs square images, got "
                          f"{tuple(images.shape[-2:])}; turn --augment_mirror off for this dataset")
-    flip = torch.rand(images.shape[0], generator=generator) < 0.5  # (B,)
+    flip = torch.rand(images.shape[0], generator=generator) < p  # (B,)
     out = dict(batch)
-    out["images"] = torch.where(flip.view(-1, *[1] * (images.dim() - 1)), images.flip(-2, -1).transpose(-2, -1), images)
+    for key in ("images", "depth"):  # (B, ..., H, W): every picture of a flipped sample, all cameras and steps
+        if key in batch:
+            x = batch[key]
+            out[key] = torch.where(flip.view(-1, *[1] * (x.dim() - 1)), x.flip(-2, -1).transpose(-2, -1), x)
     for key in ("proprio", "action"):
         x = batch[key].clone()
         xy = x[..., :2]

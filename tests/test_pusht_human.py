@@ -221,6 +221,11 @@ def test_mirror_batch_is_the_reflected_scene():
     s, a = batch["proprio"][flipped], batch["action"][flipped]
     assert torch.allclose(out["proprio"][flipped], torch.stack([L - s[:, 1], L - s[:, 0]], -1))
     assert torch.allclose(out["action"][flipped], torch.stack([L - a[..., 1], L - a[..., 0]], -1))
+    every = data.mirror_batch(batch, L, p=1.0)  # p=1 reflects every sample, and a reflection undoes itself
+    assert (every["images"].float() - to_batch(reflected).float()).abs().mean() < 1.0
+    twice = data.mirror_batch(every, L, p=1.0)
+    assert torch.equal(twice["images"], batch["images"])
+    assert torch.allclose(twice["proprio"], batch["proprio"]) and torch.allclose(twice["action"], batch["action"])
     with pytest.raises(ValueError, match="square images"):
         data.mirror_batch({**batch, "images": batch["images"][..., :80]}, L)
 
