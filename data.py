@@ -464,28 +464,28 @@ def shift_batch(images, pad, generator=None):
     return out.to(images.dtype).reshape(shape)
 
 def mirror_batch(batch, line, p=0.5, generator=None):
-    """Reflect a random fraction p of the samples (1 = all) across the line x + y = `line` (a task spec's mirror_line): xy of the
-    state and of every action -> (line - y, line - x), and each image about its anti-diagonal, which is where that
-    line lies in a square top-down picture of the [0, line]^2 arena (row = y, column = x). Where the task is symmetric
-    about the line (PushT: the goal T's stem lies on it), a mirrored demonstration is as valid as the original, so
-    this doubles the distinct states the policy sees (symmetry as data augmentation: Lin et al. 2020, "Invariant
-    Transform Experience Replay"). Returns a new batch; the first two state and action dims must be x, y."""
+    """Reflect a random fraction p of the samples (1 = all) across the line x + y = `line` (a task spec's
+    mirror_line): xy of the state and of every action -> (line - y, line - x), and each image about its
+    anti-diagonal, which is where that line lies in a square top-down picture of the [0, line]^2 arena (row = y,
+    column = x). Where the task is symmetric about the line (PushT: the goal T's stem lies on it), a mirrored
+    demonstration is as valid as the original, so this doubles the distinct states the policy sees (symmetry as
+    data augmentation: Lin et al. 2020, "Invariant Transform Experience Replay"). Returns a new batch; the first
+    two state and action dims must be x, y, and either may be absent (a policy's input has no action)."""
     images = batch["images"]
     if images.shape[-1] != images.shape[-2]:
         raise ValueError(f"mirror_batch reflects about the picture's diagonal: it needs square images, got "
                          f"{tuple(images.shape[-2:])}; turn --augment_mirror off for this dataset")
     flip = torch.rand(images.shape[0], generator=generator) < p  # (B,)
+    per_sample = lambda x: flip.view(-1, *[1] * (x.dim() - 1))  # (B, 1, ...): broadcasts against x
     out = dict(batch)
     for key in ("images", "depth"):  # (B, ..., H, W): every picture of a flipped sample, all cameras and steps
         if key in batch:
-            x = batch[key]
-            out[key] = torch.where(flip.view(-1, *[1] * (x.dim() - 1)), x.flip(-2, -1).transpose(-2, -1), x)
-    for key in ("proprio", "action"):
-        x = batch[key].clone()
-        xy = x[..., :2]
-        mirrored = torch.stack([line - xy[..., 1], line - xy[..., 0]], -1)
-        x[..., :2] = torch.where(flip.view(-1, *[1] * (xy.dim() - 1)), mirrored, xy)
-        out[key] = x
+            out[key] = torch.where(per_sample(batch[key]), batch[key].flip(-2, -1).transpose(-2, -1), batch[key])
+    for key in ("proprio", "action"):  # whichever the batch has
+        if key in batch:
+            xy = batch[key][..., :2]
+            out[key] = batch[key].clone()
+            out[key][..., :2] = torch.where(per_sample(xy), torch.stack([line - xy[..., 1], line - xy[..., 0]], -1), xy)
     return out
 
 

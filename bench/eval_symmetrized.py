@@ -25,9 +25,9 @@ predict_chunk = deploy.VLAPolicy.predict_chunk
 def symmetrized(self, images, proprio):
     """Mean of the chunk for the frame and the reflected chunk for the reflected frame (data.mirror_batch, p=1)."""
     a = predict_chunk(self, images, proprio)
-    m = data.mirror_batch({'images': images, 'proprio': proprio, 'action': torch.zeros(1, 1, 2)}, LINE, p=1.0)
+    m = data.mirror_batch({'images': images, 'proprio': proprio}, LINE, p=1.0)
     b = predict_chunk(self, m['images'], m['proprio'])
-    b = data.mirror_batch({**m, 'action': torch.from_numpy(b)[None]}, LINE, p=1.0)['action'][0].numpy()
+    b = data.mirror_batch({'images': images, 'action': torch.from_numpy(b)[None]}, LINE, p=1.0)['action'][0].numpy()
     return (a + b) / 2
 
 
