@@ -559,6 +559,17 @@ class ManipulationDataset(torch.utils.data.Dataset):
         return {k: v[0] for k, v in self.get_batch([i]).items()}
 
 
+def epoch_rows(ds, end_frames=0, end_repeats=1):
+    """Rows of one training epoch: each episode's last end_frames frames end_repeats times, every other frame once.
+    Human PushT demonstrations stop the moment the T is placed, so the final few-pixel alignment pushes are a small
+    share of the frames; repeating them gives the finish more of the gradient. ds: a (Manipulation/LeRobot)Dataset."""
+    ds = getattr(ds, "ds", ds)
+    rows = np.arange(len(ds))
+    if end_frames < 0 or end_repeats < 1 or int(end_repeats) != end_repeats:
+        raise ValueError(f"end_frames must be >= 0 and end_repeats a whole number >= 1, got {end_frames}, {end_repeats}")
+    return np.repeat(rows, np.where(ds.ep_end - rows <= end_frames, int(end_repeats), 1))  # ep_end - row: 1 = last
+
+
 def create_dataloader(dataset, batch_size, shuffle=True, num_workers=0, drop_last=True, seed=None):
     """DataLoader that asks ManipulationDataset for whole batches (get_batch: one numpy gather per key)
     instead of B __getitem__ calls + collate."""

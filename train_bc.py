@@ -45,6 +45,8 @@ instruction = ''  # '' = each episode's own task text from the dataset (stored i
 augment = True  # random crop / color jitter / small affine on training images
 augment_shift = 0  # pixels: random image shift of up to +-N px (DrQ, Kostrikov et al. 2020); 0 = off
 augment_mirror = False  # reflect half of each batch across the task's symmetry line (tasks.py mirror_line: PushT)
+end_frames = 0  # each episode's last N frames are seen end_repeats times per epoch (how the demos finish); 0 = off
+end_repeats = 2
 n_obs_steps = 1  # observations t-n+1..t the policy conditions on (Diffusion Policy uses 2), via delta_timestamps
 # model (fields of model.ManipulationVLAConfig; dims come from the dataset)
 vision_encoder = 'cnn'  # 'cnn' | 'tiny-siglip' | a SigLIP hub id or folder
@@ -161,10 +163,15 @@ if tuple(frame_hw) != (task_spec['image_size'], task_spec['image_size']):
            f"{task_spec['image_size']}: evaluation resizes its frames to the dataset's size (or stops if the aspect differs)")
 
 
+rows_per_epoch = data.epoch_rows(train_set, end_frames, end_repeats)  # every frame once, unless end_frames > 0
+if end_frames:
+    print0(f"each episode's last {end_frames} frames {end_repeats}x: {len(rows_per_epoch)} samples per epoch")
+
+
 def batch_indices(epoch):
     """This rank's batches of one epoch: a fixed permutation per (seed, epoch), so a resumed run
     sees exactly the batches the uninterrupted run would have seen."""
-    perm = np.random.default_rng(seed + epoch).permutation(len(train_set))
+    perm = rows_per_epoch[np.random.default_rng(seed + epoch).permutation(len(rows_per_epoch))]
     per_rank = len(perm) // (world_size * batch_size) * batch_size
     mine = perm[rank * per_rank:(rank + 1) * per_rank]
     return [mine[i:i + batch_size] for i in range(0, per_rank, batch_size)]
@@ -172,7 +179,7 @@ def batch_indices(epoch):
 
 micro_per_epoch = len(batch_indices(0))
 if micro_per_epoch < gradient_accumulation_steps:
-    raise SystemExit(f"dataset of {len(train_set)} frames is smaller than one step "
+    raise SystemExit(f"dataset of {len(rows_per_epoch)} samples is smaller than one step "
                      f"(batch_size * world_size * gradient_accumulation_steps); lower batch_size")
 
 

@@ -245,10 +245,11 @@ def test_human_slice_trains_evaluates_and_deploys(tmp_path):
                         "--warmup_iters=1", "--log_interval=1", "--eval_interval=2", "--eval_episodes=1",
                         "--final_eval_episodes=1", "--eval_max_steps=20", "--ckpt_interval=4", "--hidden_size=32",
                         "--num_heads=2", "--cnn_width=8", "--action_head_type=diffusion", "--n_obs_steps=2",
-                        "--diffusion_inference_steps=2"],
+                        "--diffusion_inference_steps=2", "--end_frames=3"],
                        cwd=REPO, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert "differs from envs.TASKS['pusht'] instruction" in r.stdout  # said, not silent
+    assert "each episode's last 3 frames 2x" in r.stdout  # --end_frames reaches the epoch
     model = ManipulationVLA.from_pretrained(out)
     stored = model.policy_info["tasks"][0]  # config.json carries what eval.py and deploy.py need
     assert stored["instruction"] == TEXT and stored["instructions"] == [TEXT] and stored["task"] == "pusht"
@@ -267,3 +268,12 @@ def test_every_model_field_is_a_config_key():
     cfg = script_config("train_bc.py", ["--diffusion_inference_steps=3", "--hidden_size=64", "--use_depth=True"])
     assert set(config_defaults()) <= set(cfg)
     assert (cfg["diffusion_inference_steps"], cfg["hidden_size"], cfg["use_depth"]) == (3, 64, True)
+
+
+def test_epoch_rows_repeat_each_episodes_last_frames(tmp_path):
+    ds = data.ManipulationDataset(write_dataset(tmp_path / "d", episodes=2, length=6), ["observation.image"], chunk_size=3)
+    assert data.epoch_rows(ds).tolist() == list(range(12))  # off: every frame once, in order
+    counts = np.bincount(data.epoch_rows(ds, end_frames=2, end_repeats=3), minlength=12)
+    assert counts.tolist() == [1, 1, 1, 1, 3, 3] * 2  # frames t=4, 5 of both episodes, three times each
+    with pytest.raises(ValueError, match="end_repeats a whole number"):
+        data.epoch_rows(ds, end_frames=2, end_repeats=1.5)
