@@ -46,7 +46,7 @@ augment = True  # random crop / color jitter / small affine on training images
 augment_shift = 0  # pixels: random image shift of up to +-N px (DrQ, Kostrikov et al. 2020); 0 = off
 augment_mirror = False  # reflect half of each batch across the task's symmetry line (tasks.py mirror_line: PushT)
 end_frames = 0  # each episode's last N frames are seen end_repeats times per epoch (how the demos finish); 0 = off
-end_repeats = 2
+end_repeats = 2  # times per epoch for those last frames (config/pusht_human.py: 20 frames, 3x)
 n_obs_steps = 1  # observations t-n+1..t the policy conditions on (Diffusion Policy uses 2), via delta_timestamps
 # model (fields of model.ManipulationVLAConfig; dims come from the dataset)
 vision_encoder = 'cnn'  # 'cnn' | 'tiny-siglip' | a SigLIP hub id or folder

@@ -56,6 +56,7 @@ def test_pusht_human_preset_is_the_hub_dataset():
     cfg = script_config("train_bc.py", ["--task=pusht_human", "--max_iters=7"])
     assert (cfg["task"], cfg["dataset"], cfg["max_iters"]) == ("pusht", "lerobot/pusht", 7)
     assert cfg["augment_shift"] == 4 and cfg["augment_mirror"] and cfg["final_eval_episodes"] >= 200
+    assert (cfg["end_frames"], cfg["end_repeats"]) == (20, 3)
 
 
 def write_dataset(root, episodes=2, length=6, text=TEXT, size=96):
@@ -245,7 +246,7 @@ def test_human_slice_trains_evaluates_and_deploys(tmp_path):
                         "--warmup_iters=1", "--log_interval=1", "--eval_interval=2", "--eval_episodes=1",
                         "--final_eval_episodes=1", "--eval_max_steps=20", "--ckpt_interval=4", "--hidden_size=32",
                         "--num_heads=2", "--cnn_width=8", "--action_head_type=diffusion", "--n_obs_steps=2",
-                        "--diffusion_inference_steps=2", "--end_frames=3"],
+                        "--diffusion_inference_steps=2", "--end_frames=3", "--end_repeats=2"],
                        cwd=REPO, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert "differs from envs.TASKS['pusht'] instruction" in r.stdout  # said, not silent
