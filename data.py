@@ -463,6 +463,7 @@ def shift_batch(images, pad, generator=None):
     out = torch.stack([p[:, i:i + H, j:j + W] for p, i, j in zip(padded, dy, dx)])  # slices: 4x faster than a gather
     return out.to(images.dtype).reshape(shape)
 
+
 def mirror_batch(batch, line, p=0.5, generator=None):
     """Reflect a random fraction p of the samples (1 = all) across the line x + y = `line` (a task spec's
     mirror_line): xy of the state and of every action -> (line - y, line - x), and each image about its
