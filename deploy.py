@@ -44,7 +44,9 @@ trust_exported_code = False  # run: an exported .pt/.pt2 is a PROGRAM (TorchScri
 #                              arbitrary code. True runs it; only for files you exported yourself and kept safe
 robot = 'sim'  # run: 'sim' (the task's simulator); a real robot implements envs.SimRobot's interface
 task = ''  # export/run: which task of a multi-task checkpoint ('' = its only task; run: the exported file's)
-instruction = ''  # run: must match the exported instruction ('' = the stored one)
+instruction = ''  # run: '' = the stored one; other words need a checkpoint folder (an exported file bakes its text in)
+min_instruction_cosine = 0.4  # run: refuse an instruction farther than this from every trained one (instruction_check;
+#                              on the language benchmark paraphrases scored 0.44-0.94, unrelated text 0.08-0.32)
 rate = 10.0  # control rate in Hz (PushT's simulator runs at 10 Hz); 0 = as fast as possible
 episodes = 1
 start_seed = 200_000  # held-out seeds, the same as eval.py's test seeds
@@ -171,11 +173,44 @@ def checkpoint_task(model, ckpt_dir, task=''):
     return i, tasks[i]
 
 
-def load_policy(ckpt_dir, device='cpu', n_action_steps=0, temporal_ensemble_coeff=-1.0, task=''):
+SIMILARITY_ENCODER = 'minilm'  # all-MiniLM-L6-v2, trained for sentence similarity: what instruction_check measures with
+
+
+def instruction_check(model, instruction, trained, min_cosine):
+    """How close `instruction` is to the ones the policy was trained on -> dict(instruction, nearest_trained,
+    cosine, familiar). The cosine is all-MiniLM-L6-v2's, a model trained for sentence similarity, whatever the
+    policy reads with: SmolLM2's prompt vectors put an empty instruction (0.96) nearer the trained ones than
+    their paraphrases (0.95; RESULTS.md). A byte-level LM trained from scratch (no text_encoder) has no notion
+    of paraphrase: only its exact training instructions are familiar to it."""
+    if instruction in trained:
+        return dict(instruction=instruction, nearest_trained=instruction, cosine=1.0, familiar=True)
+    if not model.config.text_encoder:
+        return dict(instruction=instruction, nearest_trained=None, cosine=None, familiar=False)
+    from model import sentence_encoder
+    e = sentence_encoder(SIMILARITY_ENCODER)([instruction] + list(trained))
+    cos = e[1:] @ e[0]
+    return dict(instruction=instruction, nearest_trained=trained[int(cos.argmax())], cosine=float(cos.max()),
+                familiar=float(cos.max()) >= min_cosine)
+
+
+def describe_instruction(check):
+    """The line eval.py and deploy.py print about the instruction a policy runs under."""
+    if check['instruction'] == check['nearest_trained']:
+        return f"instruction {check['instruction']!r}: one the policy was trained on"
+    if check['cosine'] is None:
+        return (f"instruction {check['instruction']!r} is UNFAMILIAR: not one the policy was trained on, and its "
+                f"byte-level LM (no text_encoder) has no notion of paraphrase")
+    return (f"instruction {check['instruction']!r} is {'near' if check['familiar'] else 'FAR from'} the trained ones: "
+            f"nearest {check['nearest_trained']!r}, cosine {check['cosine']:.3f} ({SIMILARITY_ENCODER})")
+
+
+def load_policy(ckpt_dir, device='cpu', n_action_steps=0, temporal_ensemble_coeff=-1.0, task='', instruction='',
+                min_instruction_cosine=0.4):
     """A checkpoint folder -> (settings dict, VLAPolicy). Loads weights, not code: model.safetensors and
     config.json, with this repository's model code. config.json's `policy` says which tasks, instructions,
-    cameras and how many actions of a chunk to execute; `task` picks one of a multi-task checkpoint's tasks.
-    settings = the task's entry + n_action_steps + temporal_ensemble_coeff (as stored)."""
+    cameras and how many actions of a chunk to execute; `task` picks one of a multi-task checkpoint's tasks;
+    `instruction` ('' = the stored one) conditions the policy on other words, checked by instruction_check.
+    settings = the task's entry + n_action_steps + temporal_ensemble_coeff (as stored) + instruction_check."""
     from model import ManipulationVLA
     if not os.path.exists(os.path.join(ckpt_dir, 'config.json')):
         raise FileNotFoundError(f"{ckpt_dir}/config.json is missing: pass a checkpoint folder written by a "
@@ -183,10 +218,13 @@ def load_policy(ckpt_dir, device='cpu', n_action_steps=0, temporal_ensemble_coef
     model = ManipulationVLA.from_pretrained(ckpt_dir).to(device).eval()
     i, entry = checkpoint_task(model, ckpt_dir, task)
     info = model.policy_info
-    settings = dict(entry, n_action_steps=n_action_steps or info['n_action_steps'],
+    text = instruction or entry['instruction']
+    check = instruction_check(model, text, entry.get('instructions') or [entry['instruction']], min_instruction_cosine)
+    settings = dict(entry, instruction=text, instruction_check=check,
+                    n_action_steps=n_action_steps or info['n_action_steps'],
                     temporal_ensemble_coeff=info.get('temporal_ensemble_coeff') if temporal_ensemble_coeff < 0
                     else temporal_ensemble_coeff)
-    pol = VLAPolicy(model, entry['instruction'], settings['n_action_steps'], settings['temporal_ensemble_coeff'],
+    pol = VLAPolicy(model, text, settings['n_action_steps'], settings['temporal_ensemble_coeff'],
                     image_keys=entry['image_keys'], state_key=entry['state_key'],
                     task_index=i if model.config.num_tasks > 1 else None)
     return settings, pol
@@ -436,8 +474,9 @@ class SafetyShield:
 # robots: get_observation() -> frame dict with 'timestamp', send_action(a), close(). The one that ships is
 # envs.SimRobot, a simulator (deploy.py imports no simulator until --robot=sim asks for one).
 
-# No ROS 2 bridge ships: rclpy is not installable from this machine's Debian sources (`apt-cache search rclpy`
-# finds nothing), so none could be tested. One implements the interface above: subscribe sensor_msgs/Image on
+# No ROS 2 bridge ships yet. rclpy is not in this machine's Debian sources, but PyPI's wheels install and run here
+# (`pip install 'ros-rclpy[fastrtps]==9.1.2' ros-sensor-msgs ros-std-msgs`: two processes exchanged JointState over
+# localhost with ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST; issue 40). One implements the interface above: subscribe sensor_msgs/Image on
 # <ns>/camera/image_raw and sensor_msgs/JointState on <ns>/joint_states (the newest stamps as 'timestamp'),
 # publish the shield's command as std_msgs/Float64MultiArray on <ns>/command, close() destroys the node.
 
@@ -523,7 +562,7 @@ def load_runnable(path):
     if os.path.isdir(path):
         try:
             tc, pol = load_policy(path, n_action_steps=n_action_steps, temporal_ensemble_coeff=temporal_ensemble_coeff,
-                                  task=task)
+                                  task=task, instruction=instruction, min_instruction_cosine=min_instruction_cosine)
         except ValueError as e:
             raise SystemExit(str(e)) from e
         return pol, tc
@@ -544,14 +583,22 @@ def run_main():
     pol, meta = load_runnable(policy)
     task_name = task or meta['task']
     if instruction and instruction != meta['instruction']:
-        raise SystemExit(f"--instruction={instruction!r} differs from the one the policy was trained with and stores "
-                         f"({meta['instruction']!r}): the policy is conditioned on its training text")
+        raise SystemExit(f"--instruction={instruction!r} differs from the one the exported file was made with "
+                         f"({meta['instruction']!r}): its text features are baked in; pass the checkpoint folder "
+                         f"to run other words")
+    check = meta.get('instruction_check')
+    if check and check['instruction'] != check['nearest_trained']:
+        print(describe_instruction(check), flush=True)
+        if not check['familiar']:
+            raise SystemExit(f"refusing to run an unfamiliar instruction on a robot (cosine below "
+                             f"--min_instruction_cosine={min_instruction_cosine}); evaluate it in simulation first: "
+                             f"python eval.py --ckpt={policy} --instruction=...")
     results = []
     try:
         for seed in range(start_seed, start_seed + episodes):
             if robot != 'sim':  # the one robot shipped; a ROS 2 bridge is not (see the note on robots above)
-                raise SystemExit(f"--robot={robot!r}: only 'sim' ships (no ROS 2 bridge: rclpy is not installable "
-                                 f"here); a real robot implements envs.SimRobot's get_observation/send_action/close")
+                raise SystemExit(f"--robot={robot!r}: only 'sim' ships (no ROS 2 bridge yet); a real robot implements "
+                                 f"envs.SimRobot's get_observation/send_action/close")
             import envs
             bot = envs.SimRobot(task_name, seed, max_steps)
             if bot.action_dim != meta['action_dim']:

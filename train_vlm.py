@@ -274,12 +274,12 @@ def build_lm_head(model):
     """The LM head that turns hidden states into next-token logits; not part of the policy (or its checkpoint).
     None = tied to the input embeddings, logits = h E^T (Press & Wolf 2017): the offline tiny-qwen2 and hub LMs
     that tie them (Qwen2-0.5B). Otherwise the hub LM's own lm_head, frozen: stage 1 moves images to the words."""
-    if model.config.vlm_backbone == 'tiny-qwen2':
-        return None
-    from transformers import AutoConfig, AutoModelForCausalLM
-    if hf_from_pretrained(AutoConfig, model.config.vlm_backbone).tie_word_embeddings:
-        return None  # known from config.json alone: no second copy of the LM is loaded
-    lm = hf_from_pretrained(AutoModelForCausalLM, model.config.vlm_backbone, dtype=torch.float32)
+    if model.config.vlm_backbone == 'tiny-qwen2' or model.llm.config.tie_word_embeddings:
+        return None  # known from the loaded LM's config: no second copy of the LM is loaded
+    from transformers import AutoModelForCausalLM
+    from model import pretrained_source
+    folder, gguf = pretrained_source(model.config.vlm_backbone)  # 'smollm2': the installed package's GGUF file
+    lm = hf_from_pretrained(AutoModelForCausalLM, folder, dtype=torch.float32, **(dict(gguf_file=gguf) if gguf else {}))
     head = lm.get_output_embeddings()
     if head.weight is lm.get_input_embeddings().weight:
         return None
@@ -341,6 +341,10 @@ except ValueError as e:
 out_dir = config['out_dir'] = out_dir or f'out/vlm_{task}'
 if use_depth:
     raise SystemExit("use_depth=True: the VQA frames have no depth; stage 1 trains on RGB only")
+if text_encoder:
+    raise SystemExit(f"text_encoder={text_encoder!r}: stage 1 trains the backbone LM to answer in its own tokens, and a "
+                     f"frozen text encoder gives one vector per instruction, not tokens; align a pretrained LM with "
+                     f"--vlm_backbone=smollm2 (image tokens through it) and train BC with --text_encoder from scratch")
 _, _, _, device = train_common.init_distributed(device)  # one process: stage 1 is short
 device_type = device.split(':')[0]
 torch.manual_seed(seed)

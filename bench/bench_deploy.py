@@ -6,6 +6,8 @@ Targets on a 2-core CPU: p99 <= 5 ms for MLP/Gaussian, <= 20 ms for 10-step diff
     python bench/bench_deploy.py                          # prints one table
     python bench/bench_deploy.py --save=bench/deploy_baseline.json
     python bench/bench_deploy.py --compare=bench/deploy_baseline.json
+    python bench/bench_deploy.py --heads=mlp --text_encoder=smollm2     # a pretrained LM: its features are computed
+    python bench/bench_deploy.py --heads=mlp --vision_encoder=efficientnet-lite0   # at export, once
 """
 import argparse
 import json
@@ -43,7 +45,8 @@ def bench_head(head, args, tmp):
     """-> (eager p50, eager p99, exported p50, exported p99) in ms."""
     torch.manual_seed(0)
     cfg = ManipulationVLAConfig(action_head_type=head, proprioception_dim=2, action_dim=2,
-                                action_chunk_size=args.chunk, diffusion_inference_steps=10, flow_steps=10)
+                                action_chunk_size=args.chunk, diffusion_inference_steps=10, flow_steps=10,
+                                text_encoder=args.text_encoder, vision_encoder=args.vision_encoder)
     model = ManipulationVLA(cfg)
     model.set_normalization_stats(STATS)
     model.eval()
@@ -65,6 +68,8 @@ def main():
     p.add_argument('--chunk', type=int, default=16)
     p.add_argument('--steps', type=int, default=200)
     p.add_argument('--warmup', type=int, default=10)
+    p.add_argument('--text_encoder', default='', help="a frozen pretrained text encoder, e.g. 'smollm2'")
+    p.add_argument('--vision_encoder', default='cnn', help="e.g. 'efficientnet-lite0'")
     p.add_argument('--threads', type=int, default=1)  # deploy.py's default: batch 1 gains little from more
     p.add_argument('--save', default='')
     p.add_argument('--compare', default='')
@@ -72,7 +77,8 @@ def main():
     torch.set_num_threads(args.threads)
     baseline = json.load(open(args.compare)) if args.compare else {}
     results = {}
-    print(f"policy step at batch 1, 96x96x1 camera, chunk {args.chunk}, {args.threads} threads, {args.steps} steps")
+    print(f"policy step at batch 1, 96x96x1 camera, chunk {args.chunk}, {args.threads} threads, {args.steps} steps, "
+          f"vision {args.vision_encoder}, text encoder {args.text_encoder or 'none (byte-level LM)'}")
     print(f"{'head':<12} {'eager p50':>10} {'eager p99':>10} {'export p50':>11} {'export p99':>11} {'target p99':>11}"
           + (f" {'base p99':>9} {'change':>8}" if baseline else ''))
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,24 +1,32 @@
 """
-Does the policy follow language it was not trained on? One PushT scene, two instructions that ask for different
-motions ("move the pusher to the LEFT / RIGHT of the block"), so the image alone cannot say what to do. A
-scripted controller drives the pusher straight to the asked side of the block (the action is that target point);
-train_bc.py learns both from ONE dataset (each episode conditioned on its own text, one set of statistics, so
-only the words tell the instructions apart). Then the policy is driven in the simulator, on held-out seeds, by:
-  - the two training instructions,
-  - paraphrases never seen in training (some keep the key word 'left'/'right', some do not),
-  - instructions of no side (another task's instruction, an empty string).
-Each episode ends nearest one goal: 'left', 'right', or 'neither' (> 60 px from both goals).
+Does the policy follow language it was not trained on? PushT scenes in which only the words tell the task: the
+pusher must go to one of four sides of the block (left, right, top, bottom of the image), and a scripted controller
+drives it straight there (the action is that point). Each training episode is conditioned on one instruction drawn
+from templates ("move the pusher to the left of the block", ...); train_bc.py learns all four sides from ONE dataset
+with one set of statistics. Then the policy is driven in the simulator, on held-out seeds, by:
+  - training instructions,
+  - validation paraphrases (to choose a recipe: text encoder, its settings) and held-out TEST paraphrases, which no
+    training instruction contains: new sentences, half of them naming the side with words the templates never use
+    (west, east, above, below, ...),
+  - instructions of no side (another task's, an unrelated sentence, an empty one): reported, with how close each is
+    to the trained instructions (deploy.instruction_check: all-MiniLM-L6-v2's cosine).
+Each episode ends at the side its pusher is nearest (within NEAR px) or 'none'.
 
-    python bench/bench_language.py --out=out/lang                                   # from scratch
-    python bench/bench_language.py --out=out/lang_vlm --init_from=out/vlm_pusht     # from stage 1 (train_vlm.py)
+    python bench/bench_language.py --out=out/lang/scratch                                   # byte-level LM from scratch
+    python bench/bench_language.py --out=out/lang/minilm --train_args="--text_encoder=minilm"
+    python bench/bench_language.py --out=out/lang/smollm2 --train_args="--text_encoder=smollm2"
 
-Prints one table (instruction, kind, left / right / neither over the seeds) and writes out/.../language.json.
+The dataset is recorded once into --data (shared by the runs). Prints one table (instruction, kind, the share of
+episodes at each side, cosine to the nearest trained instruction) and the summary line, and writes
+<out>/language.json.
 """
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -27,36 +35,56 @@ sys.path.insert(0, REPO)
 import envs  # noqa: E402
 import pusht  # noqa: E402
 
-TRAIN = {'left': 'move the pusher to the left of the block', 'right': 'move the pusher to the right of the block'}
-PARAPHRASES = {  # never in the training data
-    'go to the left side of the T': 'left', 'put the pusher on the block\'s left': 'left',
-    'head west of the block': 'left', 'go to the right side of the T': 'right',
-    'put the pusher on the block\'s right': 'right', 'head east of the block': 'right'}
-NO_SIDE = ['pick up the red cube and lift it', '']
-OFFSET, STEPS, NEAR = 110.0, 20, 60.0  # goal = block origin +- 110 px in x; 20 steps; 'at a goal' = within 60 px
+SIDES = {'left': (-1, 0), 'right': (1, 0), 'top': (0, -1), 'bottom': (0, 1)}  # image axes: y grows downward
+TEMPLATES = ["move the pusher to the {} of the block", "go to the {} side of the T",
+             "put the pusher on the block's {} side", "the pusher should end up on the {} of the block",
+             "drive to the {} of the T-shaped block", "bring the pusher to the {} of the block"]
+VAL_PARAPHRASES = {  # chose the recipe (never in training)
+    "head west of the block": 'left', "position the pusher at the block's left-hand side": 'left',
+    "go east of the T": 'right', "I want the pusher on the right-hand side of the block": 'right',
+    "move above the block": 'top', "go up past the block": 'top',
+    "get below the T": 'bottom', "go beneath the block": 'bottom'}
+TEST_PARAPHRASES = {  # reported; never in training, not used to choose anything
+    "steer the pusher so it sits left of the T": 'left', "wait on the western side of the block": 'left',
+    "the block's left flank is where you should be": 'left',
+    "steer the pusher so it sits right of the T": 'right', "wait on the eastern side of the block": 'right',
+    "the block's right flank is where you should be": 'right',
+    "park the pusher just over the block": 'top', "wait on the upper side of the T": 'top',
+    "the space above the block is your destination": 'top',
+    "park the pusher just under the block": 'bottom', "wait on the lower side of the T": 'bottom',
+    "the space beneath the block is your destination": 'bottom'}
+NO_SIDE = ["pick up the red cube and lift it", "push the T-shaped block onto the T-shaped target",
+           "the weather is lovely today", ""]
+OFFSET, STEPS, NEAR = 110.0, 25, 50.0  # goal = block origin + 110 px toward the side; 25 steps; 'at' = within 50 px
 
 
 def goals(env):
-    """-> {'left': xy, 'right': xy}: beside the block's origin, inside the 512 x 512 table."""
+    """-> {side: xy}: beside the block's origin, inside the 512 x 512 table."""
     block = pusht.get_state(env)[4:6]
-    return {side: np.clip(block + [sign * OFFSET, 0.0], 20, 492).astype(np.float32)
-            for side, sign in (('left', -1), ('right', 1))}
+    return {side: np.clip(block + OFFSET * np.array(d), 20, 492).astype(np.float32) for side, d in SIDES.items()}
+
+
+def training_instructions():
+    return [(t.format(side), side) for side in SIDES for t in TEMPLATES]
 
 
 def record(root, episodes):
-    """Alternating left/right episodes on training seeds 0..: the action is the goal (a position target)."""
+    """Episode i on training seed i goes to side i % 4 under a template drawn at random for it; the action is the
+    goal (a position target for the pusher's PD controller)."""
     import dataset_writer
     features = {'observation.image': {'dtype': 'image', 'shape': [96, 96, 3], 'names': ['height', 'width', 'channels']},
                 'observation.state': {'dtype': 'float32', 'shape': [2], 'names': ['x', 'y']},
                 'action': {'dtype': 'float32', 'shape': [2], 'names': ['x', 'y']}}
     writer = dataset_writer.LeRobotDatasetWriter(root + '.tmp', fps=10, features=features)
+    rng = np.random.default_rng(0)
     env = envs.make_env('pusht')
     for seed in range(episodes):
-        side = ('left', 'right')[seed % 2]
+        side = list(SIDES)[seed % 4]
+        text = TEMPLATES[rng.integers(len(TEMPLATES))].format(side)
         obs, _ = env.reset(seed=seed)
         goal = goals(env)[side]
         for _ in range(STEPS):
-            writer.add_frame({**envs.obs_to_frame('pusht', obs), 'action': goal}, task=TRAIN[side])
+            writer.add_frame({**envs.obs_to_frame('pusht', obs), 'action': goal}, task=text)
             obs, *_ = env.step(goal)
         writer.save_episode()
     env.close()
@@ -64,55 +92,72 @@ def record(root, episodes):
     os.replace(root + '.tmp', root)
 
 
-def outcome(policy, seed):
-    """Drive the simulator with the policy for STEPS steps -> 'left' | 'right' | 'neither'."""
-    env = envs.make_env('pusht')
+def outcome(policy, env, seed):
+    """Drive the simulator with the policy for STEPS steps -> the side it ends at, or 'none'."""
     obs, _ = env.reset(seed=seed)
     g = goals(env)
     policy.reset()
     for _ in range(STEPS):
         obs, *_ = env.step(np.asarray(policy(envs.obs_to_frame('pusht', obs)), np.float32))
-    env.close()
     dist = {side: float(np.hypot(*(obs['agent_pos'] - xy))) for side, xy in g.items()}
     side = min(dist, key=dist.get)
-    return side if dist[side] < NEAR else 'neither'
+    return side if dist[side] < NEAR else 'none'
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    p.add_argument('--out', default='out/lang')
-    p.add_argument('--episodes', type=int, default=100, help='training episodes (half left, half right)')
-    p.add_argument('--iters', type=int, default=1500)
-    p.add_argument('--init_from', default='', help='a checkpoint to start from (e.g. train_vlm.py\'s)')
-    p.add_argument('--seeds', type=int, default=20, help='held-out test seeds per instruction')
+    p.add_argument('--out', default='out/lang/scratch')
+    p.add_argument('--data', default='data/language_pusht', help='the recorded dataset (recorded if missing)')
+    p.add_argument('--episodes', type=int, default=400, help='training episodes (a quarter per side)')
+    p.add_argument('--iters', type=int, default=3000)
+    p.add_argument('--train_args', default='', help='more train_bc.py flags, e.g. "--text_encoder=minilm"')
+    p.add_argument('--seeds', type=int, default=10, help='held-out test seeds per instruction')
+    p.add_argument('--sets', default='trained,val,test,no_side', help='which instruction sets to evaluate')
     args = p.parse_args()
-    data_dir = os.path.join(args.out, 'data')
-    if not os.path.exists(data_dir):
-        os.makedirs(args.out, exist_ok=True)
-        record(data_dir, args.episodes)
+    if not os.path.exists(os.path.join(args.data, 'meta', 'info.json')):
+        t0 = time.time()
+        record(args.data, args.episodes)
+        print(f"recorded {args.episodes} episodes into {args.data} in {time.time() - t0:.0f} s")
     ckpt = os.path.join(args.out, 'policy')
     if not os.path.exists(os.path.join(ckpt, 'model.safetensors')):
-        subprocess.run([sys.executable, os.path.join(REPO, 'train_bc.py'), '--task=pusht', f'--dataset={data_dir}',
+        subprocess.run([sys.executable, os.path.join(REPO, 'train_bc.py'), '--task=pusht', f'--dataset={args.data}',
                         f'--out_dir={ckpt}', f'--max_iters={args.iters}', '--eval_interval=0',
-                        '--final_eval_episodes=0', f'--init_from={args.init_from}'], check=True, cwd=REPO)
-    from deploy import VLAPolicy
+                        '--final_eval_episodes=0', *shlex.split(args.train_args)], check=True, cwd=REPO)
+    import deploy
+    from deploy import VLAPolicy, instruction_check
     from model import ManipulationVLA
     model = ManipulationVLA.from_pretrained(ckpt).eval()
-    rows = [(t, 'trained', side) for side, t in TRAIN.items()] + [(t, 'paraphrase', side) for t, side in PARAPHRASES.items()]
-    rows += [(t, 'no side', None) for t in NO_SIDE]
+    trained = model.policy_info['tasks'][0]['instructions']
+    sets = {'trained': [(t, 'trained', side) for t, side in training_instructions()],
+            'val': [(t, 'val paraphrase', side) for t, side in VAL_PARAPHRASES.items()],
+            'test': [(t, 'test paraphrase', side) for t, side in TEST_PARAPHRASES.items()],
+            'no_side': [(t, 'no side', None) for t in NO_SIDE]}
+    rows = [r for name in args.sets.split(',') for r in sets[name]]
     seeds = range(envs.TEST_SEED, envs.TEST_SEED + args.seeds)
-    results = []
-    print(f"{'instruction':>45} {'kind':>10} {'asks':>6} {'left':>5} {'right':>6} {'neither':>8}")
+    env, results = envs.make_env('pusht'), []
+    print(f"{'instruction':>52} {'kind':>15} {'asks':>6} " + ' '.join(f'{s:>6}' for s in [*SIDES, 'none']) + '  cosine')
     for text, kind, asks in rows:
-        ends = [outcome(VLAPolicy(model, text, n_action_steps=8), s) for s in seeds]
-        counts = {k: ends.count(k) / len(ends) for k in ('left', 'right', 'neither')}
-        results.append(dict(instruction=text, kind=kind, asks=asks, **counts))
-        print(f"{text!r:>45} {kind:>10} {asks or '-':>6} {counts['left']:>5.2f} {counts['right']:>6.2f} "
-              f"{counts['neither']:>8.2f}", flush=True)
-    for kind in ('trained', 'paraphrase'):
-        hit = np.mean([r[r['asks']] for r in results if r['kind'] == kind])
-        print(f"{kind}: ends at the asked side in {hit:.2f} of episodes")
-    json.dump(dict(args=vars(args), rows=results), open(os.path.join(args.out, 'language.json'), 'w'), indent=1)
+        ends = [outcome(VLAPolicy(model, text, n_action_steps=8), env, s) for s in seeds]
+        shares = {k: ends.count(k) / len(ends) for k in [*SIDES, 'none']}
+        check = instruction_check(model, text, trained, min_cosine=deploy.min_instruction_cosine)
+        cos = check['cosine']
+        results.append(dict(instruction=text, kind=kind, asks=asks, nearest_trained=check['nearest_trained'],
+                            cosine=cos, familiar=check['familiar'], **shares))
+        print(f"{text[:50]!r:>52} {kind:>15} {asks or '-':>6} " + ' '.join(f'{shares[k]:>6.2f}' for k in shares)
+              + (f'  {cos:.3f}' if cos is not None else '  -'), flush=True)
+    env.close()
+    path = os.path.join(args.out, 'language.json')  # rows of earlier calls with other --sets are kept
+    if os.path.exists(path):
+        done = {(r['instruction'], r['kind']) for r in results}
+        results = [r for r in json.load(open(path))['rows'] if (r['instruction'], r['kind']) not in done] + results
+    summary = {kind: float(np.mean([r[r['asks']] for r in results if r['kind'] == kind]))
+               for kind in ('trained', 'val paraphrase', 'test paraphrase') if any(r['kind'] == kind for r in results)}
+    for kind, hit in summary.items():
+        print(f"{kind}: ends at the asked side in {hit:.3f} of episodes")
+    if 'trained' in summary and 'test paraphrase' in summary:
+        print(f"test paraphrases / trained = {summary['test paraphrase'] / max(summary['trained'], 1e-9):.2f}")
+    with open(path, 'w') as f:
+        json.dump(dict(args=vars(args), summary=summary, rows=results), f, indent=1)
 
 
 if __name__ == '__main__':

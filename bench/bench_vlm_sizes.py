@@ -8,8 +8,15 @@ thing, loaded through the code path a user's hub id takes (from_pretrained on a 
     python bench/bench_vlm_sizes.py                                  # CPU, batch 2: one table (~10 min)
     python bench/bench_vlm_sizes.py --device=cuda --batch_size=16    # on a GPU
     python bench/bench_vlm_sizes.py --save=bench/vlm_sizes.json ; ... --compare=bench/vlm_sizes.json
+    python bench/bench_vlm_sizes.py --sizes=default,text-minilm,text-smollm2,effnet-lite0 --stages=bc --batch_size=64
 
-Modes: full = every weight trains; projector = LLaVA's stage 1 (vision tower and LM frozen); lora = frozen
+Sizes: default = the offline policy (CNN + 2-layer LM from scratch); text-minilm / text-smollm2 = the same with a
+frozen pretrained text encoder (all-MiniLM-L6-v2 / SmolLM2-135M from their pip packages: one sentence vector per
+instruction, cached, so its cost is outside the step); effnet-lite0 = the ImageNet EfficientNet-Lite0 as the image
+encoder; smollm2 = SmolLM2-135M as the backbone itself (image tokens through the pretrained LM: the GPU path).
+
+Modes: full = every weight trains (a text encoder is frozen in every mode); frozen-vision = the pretrained image tower
+is frozen, the rest trains; projector = LLaVA's stage 1 (vision tower and LM frozen); lora = frozen
 tower and LM with LoRA adapters (r=8) on the LM; lora+ckpt = the same with gradient checkpointing. Each row runs in a fresh process,
 so its peak memory is its own: peak resident memory on the CPU (weights, optimizer state, activations and
 the Python/torch runtime), torch's peak allocation on a GPU.
@@ -31,9 +38,14 @@ sys.path.insert(0, REPO)
 import train_common  # noqa: E402
 from model import ByteTokenizer, ManipulationVLA, ManipulationVLAConfig, hf_from_pretrained  # noqa: E402
 
-MODES = {'full': {}, 'projector': dict(freeze_vision=True, freeze_llm=True),
+MODES = {'full': {}, 'frozen-vision': dict(freeze_vision=True), 'projector': dict(freeze_vision=True, freeze_llm=True),
          'lora': dict(freeze_vision=True, freeze_llm=True, use_lora=True),
          'lora+ckpt': dict(freeze_vision=True, freeze_llm=True, use_lora=True, gradient_checkpointing=True)}
+SIZES = {'default': {}, 'text-minilm': dict(text_encoder='minilm'), 'text-smollm2': dict(text_encoder='smollm2'),
+         'effnet-lite0': dict(vision_encoder='efficientnet-lite0'), 'smollm2': dict(vlm_backbone='smollm2'),
+         'siglip-base+qwen2-0.5b': {}}  # (the last: folders made by hub_sized_folders)
+SIZE_MODES = {'default': ['full'], 'text-minilm': ['full'], 'text-smollm2': ['full'],
+              'effnet-lite0': ['full', 'frozen-vision']}  # the rest: every mode but frozen-vision
 QUESTION, ANSWER = 'where is the block relative to the goal?', 'upper left'
 
 
@@ -65,7 +77,7 @@ def hub_sized_folders(cache):
 def measure(size, mode, stage, args):
     """One row, in this process: -> dict(params, trainable, step_s, peak_gb)."""
     torch.manual_seed(0)
-    fields = dict(action_head_type='mlp', image_size=96, proprioception_dim=2, action_dim=2, **MODES[mode])
+    fields = dict(action_head_type='mlp', image_size=96, proprioception_dim=2, action_dim=2, **MODES[mode], **SIZES[size])
     if size == 'siglip-base+qwen2-0.5b':
         fields['vision_encoder'], fields['vlm_backbone'] = hub_sized_folders(args.cache)
     model = ManipulationVLA(ManipulationVLAConfig(**fields)).to(args.device)
@@ -137,12 +149,12 @@ def main():
     results = {}
     print(f"one optimizer step (forward, backward, AdamW), batch {args.batch_size}, {args.device}, {args.dtype}, "
           f"{torch.get_num_threads()} threads; peak = {'GPU allocation' if 'cuda' in args.device else 'resident memory'}")
-    print(f"{'size':<24} {'mode':<10} {'stage':<6} {'params':>8} {'trainable':>10} {'s/step':>8} {'peak GiB':>9}"
+    print(f"{'size':<24} {'mode':<13} {'stage':<6} {'params':>8} {'trainable':>10} {'s/step':>8} {'peak GiB':>9}"
           + (f" {'baseline s':>10} {'change':>8}" if baseline else ''))
     for size in args.sizes.split(','):
         for mode in args.modes.split(','):
-            if size == 'default' and mode != 'full':
-                continue  # the offline default is random: all of it trains
+            if mode not in SIZE_MODES.get(size, [m for m in MODES if m != 'frozen-vision']):
+                continue  # e.g. the offline default is random: all of it trains
             for stage in args.stages.split(','):
                 key = f'{size}/{mode}/{stage}'
                 argv = [sys.executable, os.path.abspath(__file__), f'--one={size},{mode},{stage}'] + \
@@ -151,7 +163,7 @@ def main():
                 if r.returncode != 0:
                     raise SystemExit(f"{key} failed:\n{r.stderr[-3000:]}")
                 row = results[key] = json.loads(r.stdout.strip().splitlines()[-1])
-                line = (f"{size:<24} {mode:<10} {stage:<6} {row['params'] / 1e6:>7.1f}M {row['trainable'] / 1e6:>9.2f}M "
+                line = (f"{size:<24} {mode:<13} {stage:<6} {row['params'] / 1e6:>7.1f}M {row['trainable'] / 1e6:>9.2f}M "
                         f"{row['step_s']:>8.3f} {row['peak_gb']:>9.2f}")
                 if key in baseline:
                     line += f" {baseline[key]['step_s']:>10.3f} {100 * (row['step_s'] / baseline[key]['step_s'] - 1):>+7.1f}%"
