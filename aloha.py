@@ -187,6 +187,18 @@ def feature_names(task):
     return JOINTS, ACTIONS, "aloha"
 
 
+def episode_metrics(task, env):
+    """ALOHA: the reward stages (eval.py counts them) say where an episode stopped; nothing else."""
+    return {}
+
+
+def gail_features(task, env):
+    """GAIL's view of the state (train_gail.py --obs_mode=state): the 14 joint angles and gripper openings, and each
+    object's free-joint pose (position in m, quaternion): 7 per object. (21,) or (28,) float32."""
+    u = env.unwrapped
+    return np.r_[u._env.task.get_qpos(u.physics), u.physics.data.qpos[16:]].astype(np.float32)
+
+
 # -----------------------------------------------------------------------------
 # poses: quaternions (w, x, y, z) with MuJoCo's own helpers
 
@@ -422,6 +434,37 @@ class AlohaExpert:
             if worst < 1e-4:
                 break
         return d.qpos[:16].copy()
+
+
+# -----------------------------------------------------------------------------
+# stage 1's questions (train_vlm.py), transfer cube only (VQA): answers computed from the simulator's contacts
+# per task: as pusht.VQA; the handover happens around steps 200-300; frames rendered when kept
+VQA = {"aloha_transfer_cube": dict(state_names=["touch_left", "touch_right", "touch_table", "cube_x", "cube_y",
+                                                "cube_z"], per_episode=40, horizon=400, obs_type="state",
+                                   stop_at_success=False)}
+
+
+def vqa_state(task, env):
+    """(6,): the cube touches a finger of the left arm, of the right arm, the table (cube_contacts); cube xyz."""
+    u = env.unwrapped
+    return np.r_[cube_contacts(u.physics), u.physics.data.qpos[16:19]].astype(np.float32)
+
+
+def vqa_image(task, env, obs):
+    """The frame the policy would see now, rendered from a state-only env through the top camera."""
+    size = TASKS[task]["image_size"]
+    return env.unwrapped._camera(size, size)
+
+
+def vqa_answers(task, state):
+    """state (6,) of vqa_state -> {question: answer}. An arm holds the cube when its fingers touch it off the table."""
+    left, right, table = state[0] > 0.5, state[1] > 0.5, state[2] > 0.5
+    holds = "neither arm" if table or not (left or right) else \
+        "both arms" if left and right else "the left arm" if left else "the right arm"
+    return {"which arm holds the cube?": holds,
+            "is the cube on the table?": "yes" if table else "no",
+            "does the right gripper touch the cube?": "yes" if right else "no",
+            "does the left gripper touch the cube?": "yes" if left else "no"}
 
 
 # -----------------------------------------------------------------------------

@@ -22,6 +22,13 @@ import os as _os
 import sys as _sys
 
 
+def _sim_tasks(repo_dir):
+    """The simulator tasks (tasks.TASKS: a leaf module, no simulator is imported)."""
+    _sys.path.insert(0, repo_dir)
+    from tasks import TASKS
+    return TASKS
+
+
 def _configurator(g, argv):
     """Apply config files and --key=value overrides from argv to the globals dict g."""
     keys = [k for k, v in g.items() if not k.startswith('_')
@@ -80,6 +87,15 @@ def _configurator(g, argv):
                 fail(f"no preset config/{task}.py for --task={task}. Presets: {', '.join(presets)}")
             if 'task' not in load_file(path):  # a preset may name its simulator task (pusht_human -> 'pusht')
                 check_and_set('task', task, '--task')
+        if arg.startswith('--task=') and not g.get('_task_presets', True):  # here --task names a simulator task
+            task = arg.split('=', 1)[1]
+            path = _os.path.join(repo_dir, 'config', f'{task}.py')
+            if _os.path.exists(path) and task not in _sim_tasks(repo_dir):  # a preset's name, not a task's
+                scope = {}
+                exec(_builtins.compile(open(path).read(), path, 'exec'), scope)
+                sim = f": pass --task={scope['task']} (the task it trains)" if 'task' in scope else ""
+                fail(f"--task={task} names a training preset (config/{task}.py, which train_bc.py loads), and this "
+                     f"script takes no presets: here --task is a simulator task{sim}")
     for arg in argv:
         if arg.startswith('--task=') and g.get('_task_presets', True):
             continue

@@ -53,20 +53,12 @@ start_seed = 200_000  # held-out seeds, the same as eval.py's test seeds
 max_steps = 0  # 0 = the task's step limit
 n_action_steps = 0  # 0 = the value stored at export
 temporal_ensemble_coeff = -1.0  # < 0 = the value stored at export
-max_step_change = 0.0  # shield: max change of the command per control step (raw units; 0 = task default)
+max_step_change = 0.0  # shield: max change of the command per control step (raw units; 0 = the task's, tasks.py)
 watchdog_timeout = 1.0  # shield: seconds after which an observation counts as stale
 threads = 1  # torch threads: batch 1 gains little from more, and they stall when another process shares the CPU
 _task_presets = False  # --task names the simulator here, it does not load config/<task>.py
 # -----------------------------------------------------------------------------
 log = logging.getLogger('nanovla.deploy')
-SHIELD_DEFAULTS = {'pusht': dict(max_step_change=40.0),  # expert moves <= 20 px/step; policy chunks jump a bit more
-                   # rad (gripper: fraction) per 20 ms step: the expert's wrist rolls turn up to 0.29 near the
-                   # wrist singularity, every other joint < 0.07
-                   'aloha_transfer_cube': dict(max_step_change=0.3),
-                   'aloha_insertion': dict(max_step_change=0.3),  # its demos: < 0.13 rad per step
-                   # Lift's actions are already velocities (Cartesian steps, bounded to [-1, 1] by the box) and a
-                   # gripper command that flips -1 <-> +1: no extra rate limit
-                   'lift': dict(max_step_change=2.0)}
 META_FILE = 'nanovla.json'  # metadata stored inside the exported file
 
 
@@ -157,22 +149,6 @@ class VLAPolicy:
         return action
 
 
-def checkpoint_task(model, ckpt_dir, task=''):
-    """The entry of config.json's policy.tasks that `task` names (the only one when task is '') -> (index, dict
-    with task, instruction, image_keys, state_key). Every train_*.py script writes these entries."""
-    tasks = model.policy_info.get('tasks') or []
-    names = [t['task'] for t in tasks]
-    if not tasks:
-        raise ValueError(f"{ckpt_dir}/config.json has no policy.tasks (which task, instruction, cameras): "
-                         f"pass a folder written by a train_*.py script")
-    if not task and len(tasks) > 1:
-        raise ValueError(f"{ckpt_dir} is a multi-task policy ({', '.join(names)}): pass --task=<one of them>")
-    if task and task not in names:
-        raise ValueError(f"{ckpt_dir} was trained on {', '.join(names)}, not {task!r}: pass --task=<one of them>")
-    i = names.index(task) if task else 0
-    return i, tasks[i]
-
-
 SIMILARITY_ENCODER = 'minilm'  # all-MiniLM-L6-v2, trained for sentence similarity: what instruction_check measures with
 
 
@@ -211,15 +187,15 @@ def load_policy(ckpt_dir, device='cpu', n_action_steps=0, temporal_ensemble_coef
     cameras and how many actions of a chunk to execute; `task` picks one of a multi-task checkpoint's tasks;
     `instruction` ('' = the stored one) conditions the policy on other words, checked by instruction_check.
     settings = the task's entry + n_action_steps + temporal_ensemble_coeff (as stored) + instruction_check."""
-    from model import ManipulationVLA
+    from model import ManipulationVLA, policy_task
     if not os.path.exists(os.path.join(ckpt_dir, 'config.json')):
         raise FileNotFoundError(f"{ckpt_dir}/config.json is missing: pass a checkpoint folder written by a "
                                 f"train_*.py script (e.g. out/pusht or out/pusht/best)")
     model = ManipulationVLA.from_pretrained(ckpt_dir).to(device).eval()
-    i, entry = checkpoint_task(model, ckpt_dir, task)
+    i, entry = policy_task(model.policy_info, task, ckpt_dir)
     info = model.policy_info
     text = instruction or entry['instruction']
-    check = instruction_check(model, text, entry.get('instructions') or [entry['instruction']], min_instruction_cosine)
+    check = instruction_check(model, text, entry['instructions'], min_instruction_cosine)
     settings = dict(entry, instruction=text, instruction_check=check,
                     n_action_steps=n_action_steps or info['n_action_steps'],
                     temporal_ensemble_coeff=info.get('temporal_ensemble_coeff') if temporal_ensemble_coeff < 0
@@ -300,13 +276,13 @@ def load_exported(path):
 
 def export_main():
     """python deploy.py export --ckpt=DIR [--out=FILE] [--format=torchscript|export]"""
-    from model import ManipulationVLA
+    from model import ManipulationVLA, policy_task
     if not ckpt or not os.path.exists(os.path.join(ckpt, 'config.json')):
         raise SystemExit(f"--ckpt={ckpt!r} is not a checkpoint folder (no config.json): "
                          f"pass the out_dir of a train_*.py script, e.g. --ckpt=out/pusht")
     model = ManipulationVLA.from_pretrained(ckpt).eval()
     try:
-        i, tc = checkpoint_task(model, ckpt, task)
+        i, tc = policy_task(model.policy_info, task, ckpt)
     except ValueError as e:
         raise SystemExit(str(e)) from e
     info = model.policy_info
@@ -548,7 +524,7 @@ def make_shield(task_name, action_dim):
     """-> (SafetyShield with the task's limits and action modes, the robot's command at rest or None)."""
     import envs
     spec = envs.TASKS[task_name]
-    step = max_step_change or SHIELD_DEFAULTS.get(task_name, {}).get('max_step_change', 0.0)
+    step = max_step_change or spec.get('max_step_change', 0.0)
     if step <= 0:
         raise SystemExit(f"no default shield velocity limit for task {task_name!r}: pass --max_step_change")
     shield = SafetyShield(action_dim, step, workspace_bounds=(spec['action_low'], spec['action_high']),

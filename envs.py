@@ -2,7 +2,7 @@
 The tasks, their simulators and scripted experts behind one set of functions, and the recorder that
 turns expert episodes into LeRobot datasets. Each simulator and its expert live in their own file:
 pusht.py (gym-pusht), aloha.py (gym-aloha bimanual), lift.py (robosuite single-arm Lift). They all export
-the same interface, and the functions here pass each call to the module MODULES names for the task. The
+the same interface, and the functions here pass each call to the module the task's entry names. The
 task specs (TASKS) and seeds live in tasks.py, which imports no simulator.
 """
 import argparse
@@ -17,10 +17,10 @@ import numpy as np
 
 from tasks import TASKS, TEST_SEED, VAL_SEED  # the task table and seed ranges, here for the callers
 
-# task -> the module that simulates it and scripts its expert. Each module exports SPECS (its tasks' entries of
+# TASKS[task]['module'] simulates the task and scripts its expert. Each module exports SPECS (its tasks' entries of
 # TASKS), EXPERT_FLAGS (which expert flags of this file's command line apply to it) and the functions make_env,
-# obs_to_frame, make_expert, run_expert_episode, evaluate_expert and feature_names, each taking the task name first.
-MODULES = {"pusht": "pusht", "aloha_transfer_cube": "aloha", "aloha_insertion": "aloha", "lift": "lift"}
+# obs_to_frame, episode_metrics, make_expert, run_expert_episode, evaluate_expert and feature_names, each taking the
+# task name first.
 
 # -----------------------------------------------------------------------------
 # environment API
@@ -30,8 +30,8 @@ def task_module(task):
     """The task's module, imported on first use: MuJoCo, dm_control and robosuite load only for their tasks."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; known tasks: {', '.join(TASKS)} "
-                         f"(add an entry to tasks.TASKS and envs.MODULES)")
-    return importlib.import_module(MODULES[task])
+                         f"(add an entry to tasks.TASKS naming its module)")
+    return importlib.import_module(TASKS[task]["module"])
 
 
 def make_env(task, render_mode="rgb_array", obs_type=None):
@@ -53,6 +53,11 @@ def is_success(info):
 def coverage(info):
     """Fraction of the goal T covered by the block, in [0, 1]; reward = clip(coverage / 0.95, 0, 1)."""
     return float(info.get("coverage", 0.0))
+
+
+def episode_metrics(task, env):
+    """What the task measures at an episode's end beside success and reward (PushT: the block's pose error)."""
+    return task_module(task).episode_metrics(task, env)
 
 
 def make_expert(task, **kw):
@@ -119,126 +124,23 @@ def _main_script_hidden():
         main.__dict__.update(saved)
 
 
-def _imap(worker, jobs, num_workers):
+def imap_workers(worker, jobs, num_workers, module="envs"):
     """Yield worker(job) for each job in order, from this process or a pool of spawned processes.
-    worker: the NAME of a function of this module (what a spawned process can import)."""
-    import envs  # the importable module even when this file runs as `python envs.py` (__main__ is hidden)
+    worker: the NAME of a function of `module` (by name, so that a spawned process can import it even when the
+    module is also the running script, e.g. `python envs.py` or `python eval.py`, whose __main__ is hidden)."""
+    fn = getattr(importlib.import_module(module), worker)
     if num_workers <= 1:
-        yield from map(getattr(envs, worker), jobs)
+        yield from map(fn, jobs)
         return
     with _main_script_hidden():  # spawn (not fork): no copied pygame / torch thread state in the workers
         pool = mp.get_context("spawn").Pool(num_workers)
     with pool:
-        yield from pool.imap(getattr(envs, worker), jobs)
+        yield from pool.imap(fn, jobs)
 
 
 def _episodes(task, seeds, num_workers, expert_kw):
     """Yield finished expert episodes in seed order."""
-    return _imap("_episode_worker", [(task, s, expert_kw) for s in seeds], num_workers)
-
-
-_POLICY = {}  # checkpoint folder -> its loaded policy: the current round's only, loaded once per (worker) process
-
-
-def _dagger_worker(args):
-    """One DAgger rollout: the mixture beta * expert + (1 - beta) * learner drives. With segment = 0 who drives is
-    chosen per step and every visited state is recorded with the EXPERT's action as its label (Ross et al. 2011).
-    With segment = H > 0 the
-    choice is made every H steps and only the expert's stretches are recorded, each as an episode of its own: it
-    starts where the learner went, and its labels are the expert's own consecutive actions, so a chunk of them
-    is one plan (per-step labels of learner-driven states are each a first step of a different plan).
-    With branch = B > 0 the learner drives every step (the states are its own, as in Ross et al.'s later rounds);
-    at each of its decision points (every H steps) the expert, with probability beta, plays B steps from a COPY of
-    the state in a second env, and that branch is recorded: labels on the learner's own states, each chunk one plan.
-    -> dict(seed, success, steps, expert_fraction, labels: how many, episodes: [(frame dicts, labels (T, A))]).
-    The rng is seeded per episode, so the labels do not depend on how many workers share the rollouts."""
-    task, ckpt, seed, beta, max_steps, rng_seed, threads, expert_kw, segment, branch = args
-    import torch
-    from deploy import load_policy
-    if threads:
-        torch.set_num_threads(threads)
-    if ckpt not in _POLICY:  # a new round's checkpoint replaces the last one
-        _POLICY.clear()
-        _POLICY[ckpt] = load_policy(ckpt, task=task)[1]  # a multi-task policy: its entry for this task
-    policy, expert, env = _POLICY[ckpt], make_expert(task, **(expert_kw or {})), make_env(task)
-    rng = np.random.default_rng(rng_seed)
-    obs, _ = env.reset(seed=seed)
-    policy.reset()
-    expert.reset()
-    episodes, expert_steps, success, use_expert = [], 0, False, False
-    copy_env = _branch_env(task) if branch else None
-    for t in range(max_steps):
-        frame = obs_to_frame(task, obs)
-        if branch:  # the learner drives (use_expert stays False); the expert answers from copies of its states
-            if t % segment == 0 and rng.random() < beta:
-                episodes.append(_expert_branch(task, env, copy_env, expert_kw, branch))
-        elif not segment or t % segment == 0:
-            was_expert, use_expert = use_expert, rng.random() < beta
-            if not segment and t == 0 or segment and use_expert and not was_expert:
-                episodes.append(([], []))  # per-step labels: one episode; segments: one per expert takeover
-            if segment and not use_expert and was_expert:
-                policy.reset()  # the learner takes over: its queued chunk is from before the expert drove
-        if not segment or use_expert:
-            label = np.asarray(expert.get_action(env), np.float32)  # what the expert would do HERE
-            episodes[-1][0].append(frame)
-            episodes[-1][1].append(label)
-        if not segment or not use_expert:
-            learner = np.asarray(policy(frame), np.float32)  # the learner keeps its own chunk queue
-        expert_steps += use_expert
-        obs, reward, terminated, truncated, info = env.step(label if use_expert else learner)
-        success = is_success(info)
-        if success or terminated or truncated:
-            break
-    env.close()
-    if copy_env is not None:
-        copy_env.close()
-    episodes = [(frames, np.stack(labels)) for frames, labels in episodes]
-    return dict(seed=seed, success=success, steps=t + 1, expert_fraction=expert_steps / (t + 1),
-                labels=sum(len(f) for f, _ in episodes), episodes=episodes)
-
-
-def check_branches(task):
-    """Expert branches copy the simulator: the task module must copy one env into another (copy_state)."""
-    module = task_module(task)
-    if not hasattr(module, "copy_state"):
-        raise ValueError(f"expert branches copy the simulator, and {module.__name__}.py has no copy_state(src, dst): "
-                         f"use expert segments (--expert_branch=0) for task {task!r}")
-
-
-def _branch_env(task):
-    """A second env for expert branches, to copy the learner's states into."""
-    check_branches(task)
-    return make_env(task)
-
-
-def _expert_branch(task, env, copy_env, expert_kw, steps):
-    """The expert's next `steps` actions from a copy of env's current state, with the frames it sees there; env
-    itself does not move. A fresh expert plans from the copied state. -> (frame dicts, labels)."""
-    copy_env.reset()  # the time limit's step count starts again; the state is then overwritten
-    obs = task_module(task).copy_state(env, copy_env)
-    expert = make_expert(task, **(expert_kw or {}))
-    expert.reset()
-    frames, labels = [], []
-    for _ in range(steps):
-        frames.append(obs_to_frame(task, obs))
-        labels.append(np.asarray(expert.get_action(copy_env), np.float32))
-        obs, _, terminated, truncated, info = copy_env.step(labels[-1])
-        if is_success(info) or terminated or truncated:
-            break
-    return frames, labels
-
-
-def label_rollouts(task, ckpt, seeds, beta, max_steps, rng_seed, num_workers=1, expert_kw=None, segment=0, branch=0):
-    """DAgger's data: yield one expert-labelled rollout of the policy in `ckpt` per seed, in seed order, from
-    num_workers processes (the expert re-plans at every state the learner drives it to: that is the cost).
-    rng_seed: a list of ints; episode s draws its expert/learner choices from default_rng(rng_seed + [s]).
-    expert_kw: options of the task's labelling expert (make_expert's keywords, e.g. PushT's max_step).
-    segment: 0 = who drives is chosen per step, every state labelled; H = chosen every H steps, the expert's
-    stretches recorded (see _dagger_worker); branch: B > 0 = the learner drives, and B-step expert branches from
-    copies of its states (at every H-th step, with probability beta) are recorded."""
-    jobs = [(task, ckpt, s, beta, max_steps, [*rng_seed, s], 1 if num_workers > 1 else 0, expert_kw, segment, branch)
-            for s in seeds]
-    return _imap("_dagger_worker", jobs, num_workers)
+    return imap_workers("_episode_worker", [(task, s, expert_kw) for s in seeds], num_workers)
 
 
 def record_demonstrations(task, num_episodes, out_dir, seed=0, num_workers=1, use_videos=False, max_attempts=None,

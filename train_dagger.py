@@ -26,7 +26,7 @@ are then on the learner's own state distribution (what DAgger is for), each chun
 
 Per step, a label costs one expert plan (the learner drives the expert off its plan at almost every
 step; bench/bench_dagger_labels.py measures it); in segments the expert mostly follows its own plan.
-Rollouts are labelled in worker processes (envs.label_rollouts), and the PushT expert reuses its
+Rollouts are labelled in worker processes (eval.label_rollouts), and the PushT expert reuses its
 simulated pushes while the block has not moved.
 
 Each iteration writes a LeRobot dataset out_dir/data_iter<i> (the previous one plus the new
@@ -81,20 +81,21 @@ import train_common  # noqa: E402
 import data  # noqa: E402
 import dataset_writer  # noqa: E402
 import envs  # noqa: E402
-from model import read_json  # noqa: E402
+import eval  # noqa: E402  (DAgger's labelled rollouts, beside the evaluation's rollouts)
+from model import policy_task, read_json  # noqa: E402
 
 if retrain not in ('finetune', 'scratch'):
     raise SystemExit(f"retrain must be 'finetune' or 'scratch', got {retrain!r}")
 if not 0.0 <= beta <= 1.0 or not 0.0 <= beta_decay <= 1.0:
     raise SystemExit(f"beta={beta} and beta_decay={beta_decay} must be probabilities in [0, 1]")
-stored = read_json(os.path.join(init_from, 'config.json')).get('policy', {}).get('tasks') or []  # no weights loaded
-ckpt_tasks = [t['task'] for t in stored]
-if ckpt_tasks.count(task) != 1:
-    raise SystemExit(f"{init_from} serves {', '.join(ckpt_tasks) or 'no stored tasks'}: pass --task=<one of them> "
-                     f"(DAgger aggregates labels into that task's dataset)")
+stored = read_json(os.path.join(init_from, 'config.json')).get('policy', {})  # no weights loaded
+try:
+    k, entry = policy_task(stored, task, init_from)  # DAgger aggregates labels into that task's dataset
+except ValueError as e:
+    raise SystemExit(str(e)) from e
+ckpt_tasks = [t['task'] for t in stored['tasks']]
 multi = len(ckpt_tasks) > 1  # a train_multitask.py policy: retrain it on every task's data, one task's aggregated
-k = ckpt_tasks.index(task)
-instruction = stored[k]['instruction']  # the policy's text for this task labels the new frames too
+instruction = entry['instruction']  # the policy's text for this task labels the new frames too
 cfg_path = os.path.join(init_from, 'train_config.json')
 if not os.path.exists(cfg_path):
     raise SystemExit(f"{cfg_path} not found: DAgger retrains with the recipe that trained the policy, so --init_from "
@@ -111,7 +112,7 @@ if expert_branch < 0:
     raise SystemExit(f"expert_branch={expert_branch}: the expert's steps per branch, >= 1 (0 = no branches)")
 if expert_branch:
     try:
-        envs.check_branches(task)  # before any data is copied
+        eval.check_branches(task)  # before any data is copied
     except ValueError as e:
         raise SystemExit(str(e))
 if rollout_seed + dagger_iters * episodes_per_iter > envs.VAL_SEED:
@@ -193,7 +194,7 @@ for i in range(state['done'] + 1, dagger_iters):
     writer = dataset_writer.LeRobotDatasetWriter(tmp_path, fps=meta.fps, features=meta.features)
     first = rollout_seed + i * episodes_per_iter
     t0, eps = time.time(), []
-    rollouts = envs.label_rollouts(task, state['ckpt'], range(first, first + episodes_per_iter), beta_i, max_steps,
+    rollouts = eval.label_rollouts(task, state['ckpt'], range(first, first + episodes_per_iter), beta_i, max_steps,
                                    rng_seed=[seed, i], num_workers=num_workers, expert_kw=expert_kw,
                                    segment=segment, branch=expert_branch)
     for ep in tqdm(rollouts, total=episodes_per_iter, desc='dagger rollouts', leave=False):

@@ -4,6 +4,7 @@ GAIL: Generative Adversarial Imitation Learning (Ho & Ermon 2016), with PPO (Sch
     python train_gail.py --task=pusht                      # state features (fast on a CPU)
     python train_gail.py --task=pusht --obs_mode=pixels --init_from=out/pusht_gauss   # images, a VLA Gaussian policy
     python train_gail.py --task=pusht --action_steps=8     # the policy acts in chunks of 8 targets, as BC's do
+    python train_gail.py --task=lift --out_dir=out/lift_gail   # any task: its module's gail_features
 
 A discriminator D(s, a) learns to tell expert pairs (label 1) from the policy's (label 0); the
 policy is trained by reinforcement learning to make D believe it, with reward
@@ -15,7 +16,7 @@ The policy gradient is PPO's clipped surrogate with a learned value baseline and
 advantage estimation (GAE, Schulman et al. 2016), plus optional BC regularization to the
 demonstrations, which keeps the policy from forgetting while D is still weak.
 
-obs_mode='state' (default) uses simulator state features (agent and block pose) and small MLPs:
+obs_mode='state' (default) uses the task module's state features (PushT: agent and block pose) and small MLPs:
 this is the configuration whose success we report. obs_mode='pixels' trains a ManipulationVLA with
 a Gaussian head from images + agent position (much slower on a CPU).
 """
@@ -35,7 +36,7 @@ from tqdm import tqdm
 # -----------------------------------------------------------------------------
 # default config values
 task = 'pusht'
-obs_mode = 'state'  # 'state' (agent + block pose features) | 'pixels' (images + agent position, VLA policy)
+obs_mode = 'state'  # 'state' (the task module's gail_features) | 'pixels' (images + robot state, VLA policy)
 init_from = ''  # pixels mode: a train_bc.py checkpoint with action_head_type='gaussian' ('' = BC-pretrain here)
 out_dir = 'out/pusht_gail'
 expert_episodes = 20  # expert demonstrations recorded with simulator state (seeds [0, expert_episodes))
@@ -71,7 +72,6 @@ exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator
 import train_common  # noqa: E402
 import data  # noqa: E402
 import envs  # noqa: E402
-import pusht  # noqa: E402
 from heads import GaussianActionHead  # noqa: E402
 
 if obs_mode not in ('state', 'pixels'):
@@ -80,13 +80,18 @@ if not (isinstance(action_steps, int) and action_steps >= 1):
     raise SystemExit(f"action_steps must be an int >= 1, got {action_steps!r}")
 if not (isinstance(max_std, (int, float)) and max_std >= 0):
     raise SystemExit(f"max_std must be a number >= 0 (action units; 0 = no cap), got {max_std!r}")
-if task != 'pusht':
-    raise SystemExit("train_gail.py's state features are PushT's (agent and block pose): only --task=pusht for now")
+if task not in envs.TASKS:
+    raise SystemExit(f"unknown task {task!r}; known tasks: {', '.join(envs.TASKS)}")
 spec = envs.TASKS[task]
+if obs_mode == 'pixels' and (spec.get('action_mode', 'absolute') != 'absolute'
+                              or spec['state_dim'] != spec['action_dim']):
+    raise SystemExit(f"obs_mode='pixels' reads the robot's state in action units (PushT's pusher, ALOHA's joints); "
+                     f"{task}'s state is not its action space: use --obs_mode=state")
 torch.manual_seed(seed)
 rng = np.random.default_rng(seed)
 os.makedirs(out_dir, exist_ok=True)
-LOW, HIGH = spec['action_low'], spec['action_high']
+LOW, HIGH = (np.asarray(spec[k], np.float32) for k in ('action_low', 'action_high'))  # scalars (PushT) or per dim
+HALF_RANGE = np.broadcast_to((HIGH - LOW) / 2, (spec['action_dim'],))  # action units per unit of [-1, 1], per dim
 if obs_mode == 'pixels':  # check the checkpoint before spending minutes on demonstrations
     from model import ManipulationVLA
     if not init_from:
@@ -96,29 +101,28 @@ if obs_mode == 'pixels':  # check the checkpoint before spending minutes on demo
         raise SystemExit(f"{init_from} has a {head!r} head; GAIL needs log-probs: train with --action_head_type=gaussian")
 
 
-def state_features(s):
-    """Simulator state -> a small, normalized feature vector: agent xy, block xy, block angle as
-    (sin, cos) so that 0 and 2 pi are the same, agent velocity. (10,) float32."""
-    c = (HIGH + LOW) / 2
-    h = (HIGH - LOW) / 2
-    return np.array([(s[0] - c) / h, (s[1] - c) / h, (s[4] - c) / h, (s[5] - c) / h, math.sin(s[6]), math.cos(s[6]),
-                     s[2] / 100, s[3] / 100, (s[7]) / 100, (s[8]) / 100], np.float32)
-
-
 def observe(env, obs):
-    """What the policy and the discriminator see. state: (10,) features; pixels: the env frame."""
+    """What the policy and the discriminator see. state: the task module's gail_features (PushT: agent and block
+    pose, (10,)); pixels: the env frame."""
     if obs_mode == 'state':
-        return state_features(pusht.get_state(env))
+        return envs.task_module(task).gail_features(task, env)
     return envs.obs_to_frame(task, obs)
 
 
 def to_env_actions(a):
-    """A normalized chunk, flat (action_steps * 2,) in [-1, 1] -> (action_steps, 2) PushT target positions in pixels."""
-    return (np.clip(np.asarray(a).reshape(-1, 2), -1, 1) + 1) / 2 * (HIGH - LOW) + LOW
+    """A normalized chunk, flat (action_steps * A,) in [-1, 1] -> (action_steps, A) env actions (PushT: target
+    positions in pixels)."""
+    return (np.clip(np.asarray(a).reshape(-1, spec['action_dim']), -1, 1) + 1) / 2 * (HIGH - LOW) + LOW
 
 
 def from_env_action(a):
     return 2 * (np.asarray(a, np.float32) - LOW) / (HIGH - LOW) - 1
+
+
+def to_unit(x):
+    """A tensor in action units (PushT: px) -> this script's [-1, 1], as from_env_action does for arrays."""
+    low, high = torch.as_tensor(LOW), torch.as_tensor(HIGH)
+    return 2 * (x - low) / (high - low) - 1
 
 
 # -----------------------------------------------------------------------------
@@ -138,13 +142,13 @@ class ObsEncoder(nn.Module):
         if obs_mode == 'pixels':
             from model import ConvEncoder
             self.conv = ConvEncoder(3, 16, grid=1)
-            self.out_dim = self.conv.out_dim + 2
+            self.out_dim = self.conv.out_dim + spec['state_dim']
 
     def forward(self, obs):
         if obs_mode == 'state':
             return obs
         img = obs['images'][:, 0].float() / 255  # (B, 3, H, W), camera 0
-        return torch.cat([self.conv(img)[:, -1], 2 * (obs['proprio'] - LOW) / (HIGH - LOW) - 1], -1)
+        return torch.cat([self.conv(img)[:, -1], to_unit(obs['proprio'])], -1)
 
 
 def cap_std(log_std):
@@ -182,10 +186,10 @@ class PixelPolicy(nn.Module):
         cond = self.vla.features(obs['images'], obs['proprio'], cache['text_embeds'], cache['text_mask'])
         mean, log_std = self.vla.head.distribution(cond)  # normalized by the dataset's action min/max
         # re-express in this script's [-1, 1] of the whole arena: an affine map, so log_std shifts by log(scale)
-        scale = (self.vla.action_max - self.vla.action_min) / (HIGH - LOW)
+        scale = (self.vla.action_max - self.vla.action_min) / torch.as_tensor(HIGH - LOW)
         raw = self.vla.unnormalize_action((mean + self.vla.action_origin(obs['proprio']))[:, :action_steps])
         log_std = (log_std[:, :action_steps] + torch.log(scale)).flatten(1)
-        return (2 * (raw - LOW) / (HIGH - LOW) - 1).flatten(1), cap_std(log_std)
+        return to_unit(raw).flatten(1), cap_std(log_std)
 
 
 class Discriminator(nn.Module):
@@ -448,10 +452,10 @@ else:
     if obs_mode == 'state':
         save_file({'obs': expert_obs, 'action': expert_step_act, 'episode': expert_episode}, expert_path + '.tmp')
         os.replace(expert_path + '.tmp', expert_path)
-expert_act = expert_chunks(expert_step_act, expert_episode, action_steps)  # (N, action_steps * 2)
+expert_act = expert_chunks(expert_step_act, expert_episode, action_steps)  # (N, action_steps * A)
 obs_dim = expert_obs.shape[1] if obs_mode == 'state' else 0
 if obs_mode == 'state':
-    policy = StatePolicy(obs_dim, 2)
+    policy = StatePolicy(obs_dim, spec['action_dim'])
 else:
     policy = PixelPolicy(ManipulationVLA.from_pretrained(init_from), spec['instruction'])
     if action_steps > policy.vla.config.action_chunk_size:
@@ -459,7 +463,7 @@ else:
                          f"({policy.vla.config.action_chunk_size}): pass --action_steps=<at most that>")
 value_encoder = ObsEncoder(obs_dim)
 value_fn = nn.Sequential(value_encoder, mlp(value_encoder.out_dim, 1))
-discriminator = Discriminator(obs_dim, 2 * action_steps)
+discriminator = Discriminator(obs_dim, spec['action_dim'] * action_steps)
 opt_pi = torch.optim.Adam(list(policy.parameters()) + list(value_fn.parameters()), lr=learning_rate)
 opt_d = torch.optim.Adam(discriminator.parameters(), lr=disc_learning_rate)
 
@@ -497,7 +501,7 @@ for it in range(start_it, ppo_iters):
     ppo_update(batch, adv, returns)
     rec = dict(iter=it + 1, disc_loss=d_loss, disc_acc=d_acc, mean_reward=rewards.mean().item(),
                rollout_success=float(np.mean(ep_success)) if ep_success else None,
-               policy_std=float((batch['std'] * torch.as_tensor((HIGH - LOW) / 2)).mean()),  # in action units
+               policy_std=float((batch['std'] * torch.as_tensor(np.tile(HALF_RANGE, action_steps))).mean()),
                minutes=(time.time() - t0) / 60)
     if eval_interval > 0 and (it + 1) % eval_interval == 0 and it + 1 < ppo_iters:
         rec['val_success'], _, rec['val_max_reward'] = evaluate(min(eval_episodes, 20), envs.VAL_SEED)

@@ -23,9 +23,7 @@ The checkpoint is the one format every stage writes: eval.py --ckpt=out/multitas
 import copy
 import json
 import os
-import shutil
 import time
-from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -85,7 +83,7 @@ import data  # noqa: E402
 import envs  # noqa: E402
 import train_common  # noqa: E402
 from eval import ManipulationEvaluator, VLAPolicy  # noqa: E402
-from model import DATASET_FIELDS, ManipulationVLA, ManipulationVLAConfig  # noqa: E402
+from model import DATASET_FIELDS, ManipulationVLA, ManipulationVLAConfig, policy_info  # noqa: E402
 
 unknown = [t for t in tasks if t not in envs.TASKS]
 if unknown or not tasks:
@@ -97,6 +95,9 @@ if task_weights and (min(task_weights) < 0 or sum(task_weights) <= 0):
     raise SystemExit(f"task_weights must be >= 0 with a positive sum, got {task_weights}")
 if mixed_precision not in ('no', 'bf16', 'fp16'):
     raise SystemExit(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {mixed_precision!r}")
+if use_depth:  # model.py can encode depth, but nothing here feeds it: refuse now instead of at the first forward pass
+    raise SystemExit("use_depth=True: no dataset or simulator task here provides depth frames yet (train, eval and "
+                     "deploy pass camera images and state only); leave use_depth=False")
 
 # distributed setup as in train_bc.py: torchrun sets RANK/WORLD_SIZE/LOCAL_RANK
 ddp, rank, world_size, device = train_common.init_distributed(device)
@@ -104,8 +105,7 @@ master_process = rank == 0
 device_type = device.split(':')[0]
 torch.manual_seed(seed + rank)
 rng = np.random.default_rng([seed, rank])  # each rank draws its own samples
-autocast = nullcontext() if (device_type == 'cpu' or mixed_precision == 'no') else \
-    torch.autocast(device_type=device_type, dtype={'bf16': torch.bfloat16, 'fp16': torch.float16}[mixed_precision])
+autocast = train_common.autocast(device_type, mixed_precision)
 if master_process:
     os.makedirs(out_dir, exist_ok=True)
 weights = np.asarray(task_weights or [1.0] * len(tasks), dtype=np.float64)
@@ -125,15 +125,14 @@ for i, task in enumerate(tasks):
     n_eps = dataset_episodes.get(task, 50)
     given = datasets[i] if datasets else ''
     path = given or os.path.join('data', f'{task}_{n_eps}ep')
-    if master_process and not given and not os.path.exists(os.path.join(path, 'meta', 'info.json')):
-        print0(f"no dataset at {path}: recording {n_eps} {task} expert episodes (done once)")
-        shutil.rmtree(path + '.tmp', ignore_errors=True)
-        envs.record_demonstrations(task, n_eps, path + '.tmp', seed=0, num_workers=os.cpu_count())
-        os.replace(path + '.tmp', path)
+    if master_process and not given:
+        train_common.record_if_missing(path, lambda tmp: envs.record_demonstrations(
+            task, n_eps, tmp, seed=0, num_workers=os.cpu_count()), f"recording {n_eps} {task} expert episodes")
     if ddp:
         dist.barrier()
     ds = data.ManipulationDataset(path, image_keys=spec['image_keys'][:1], state_key=spec['state_key'],
-                                  chunk_size=action_chunk_size, instruction=(instructions[i] if instructions else '') or None)
+                                  chunk_size=action_chunk_size, instruction=(instructions[i] if instructions else '') or None,
+                                  n_obs_steps=n_obs_steps)
     text = ds.tasks()[0]
     stats = ds.ds.meta.stats
     task_data.append(dict(task=task, path=path, ds=ds, stats=stats, instruction=text, instructions=ds.tasks(),
@@ -204,9 +203,7 @@ else:
     model = ManipulationVLA(model_config)
     for i, d in enumerate(task_data):
         model.set_normalization_stats({'action': d['stats']['action'], 'observation.state': d['stats'][d['state_key']]}, i)
-model.policy_info = dict(tasks=[{k: d[k] for k in ('task', 'instruction', 'instructions', 'state_key', 'action_dim',
-                                                   'state_dim')} | dict(image_keys=[d['image_key']]) for d in task_data],
-                         n_action_steps=n_action_steps, temporal_ensemble_coeff=None)
+model.policy_info = policy_info([dict(d, image_keys=[d['image_key']]) for d in task_data], n_action_steps)
 model.to(device)
 raw_model = model
 ema_model = copy.deepcopy(model).requires_grad_(False) if ema_decay > 0 else None
@@ -225,12 +222,7 @@ print0(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M paramete
 
 
 def save_training_state(step, best_success):
-    tensors = {f'model.{k}': v for k, v in raw_model.state_dict().items()}
-    if ema_model is not None:
-        tensors.update({f'ema.{k}': v for k, v in ema_model.state_dict().items()})
-    optim, param_groups = train_common.optimizer_tensors(optimizer, 'optim')
-    tensors.update(optim)
-    tensors['rng.torch'] = torch.get_rng_state()
+    tensors, param_groups = train_common.training_tensors(raw_model, ema_model, optimizer, device_type)
     meta = dict(best_success=best_success, param_groups=param_groups, scaler=scaler.state_dict(), config=config,
                 numpy_rng=rng.bit_generator.state, samples_seen=samples_seen.tolist())
     train_common.save_state(out_dir, 'training_state', step, tensors, meta)
@@ -245,12 +237,8 @@ if resume:
     if saved.get('tasks') != tasks or saved.get('multi_head') != multi_head:
         raise SystemExit(f"{out_dir} was trained on tasks {saved.get('tasks')} with multi_head={saved.get('multi_head')}: "
                          f"resume with the same --tasks and --multi_head")
-    raw_model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith('model.')})
-    if ema_model is not None:
-        ema_model.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith('ema.')})
-    train_common.load_optimizer(optimizer, tensors, 'optim', meta['param_groups'], device)
+    train_common.restore_training_tensors(tensors, meta['param_groups'], raw_model, ema_model, optimizer, device)
     scaler.load_state_dict(meta['scaler'])
-    torch.set_rng_state(tensors['rng.torch'])
     rng.bit_generator.state = meta['numpy_rng']
     samples_seen[:] = meta['samples_seen']
     iter_num, best_success = meta['step'], meta['best_success']
@@ -305,13 +293,13 @@ for it in pbar:
         scaler.scale(loss).backward()
         loss_sum += loss.item()
         losses.update({k: v.item() for k, v in task_losses.items()})
-    train_common.optimizer_step(optimizer, scaler, raw_model.parameters(), max_grad_norm)
+    grad_norm = train_common.optimizer_step(optimizer, scaler, raw_model.parameters(), max_grad_norm)
     if ema_model is not None:
         train_common.update_ema(ema_model, raw_model, ema_decay)
     pbar.set_postfix(loss=f'{loss_sum:.4f}', tasks=active_tasks(it))
     step = it + 1
     if step % log_interval == 0 or step == max_iters:
-        log(dict(iter=step, loss=loss_sum, task_loss=losses, lr=lr, active_tasks=active_tasks(it),
+        log(dict(iter=step, loss=loss_sum, task_loss=losses, lr=lr, grad_norm=grad_norm, active_tasks=active_tasks(it),
                  samples_seen=dict(zip(labels, samples_seen.tolist())), time=time.time() - t_start))
     if master_process and eval_interval > 0 and eval_episodes > 0 and step % eval_interval == 0 and step < max_iters:
         results = evaluate(eval_episodes, envs.VAL_SEED)  # validation seeds, not the test seeds
@@ -325,6 +313,8 @@ for it in pbar:
         save_training_state(step, best_success)
 pbar.close()
 print0(f"trained {max_iters} iterations in {(time.time() - t_start) / 60:.1f} min")
+if ddp:  # every rank must hold the same parameters after training
+    train_common.check_ddp_identical(raw_model, device, world_size)
 
 # -----------------------------------------------------------------------------
 # final per-task evaluation on held-out test seeds, each task in its own simulator

@@ -27,27 +27,24 @@ train_bc.py --init_from loads it; its action head and readouts are untrained, BC
 
 Data: a LeRobot v3.0 dataset, one EPISODE per rendered frame and one ROW per question about it: the row's task
 text is "question? answer" (split at the first '? '), 'observation.image' the frame (repeated per question) and
-'observation.environment_state' the answers' truth (PushT: agent xy, block xy angle, goal xy angle; see vqa_spec).
+'observation.environment_state' the answers' truth (PushT: agent xy, block xy angle, goal xy angle; pusht.vqa_state).
 With internet, --dataset=<hub id> takes an image-text dataset in the same layout from the hub (data.py downloads
 it into the hub cache); a row whose text has no '? ' is a caption, the answer to caption_prompt. Held-out accuracy
 is still measured on the task's simulator frames (resized to the dataset's frame size): what the simulator can check.
 """
 import json
 import os
-import shutil
 import time
 from collections import Counter
-from contextlib import nullcontext
 
 import numpy as np
-import shapely
 import torch
 import torch.nn.functional as F
 
 # -----------------------------------------------------------------------------
 # default config values (PushT on one CPU)
 # I/O
-task = 'pusht'  # 'pusht' | 'lift' | 'aloha_transfer_cube': the simulators with a VQA generator (vqa_spec)
+task = 'pusht'  # 'pusht' | 'lift' | 'aloha_transfer_cube': the tasks whose module asks questions (VQA, vqa_answers)
 out_dir = ''  # '' = out/vlm_<task>
 dataset = ''  # VQA or caption LeRobot dataset: a folder or hub id; '' = data/vqa_<task>_<vqa_frames>, recorded if missing
 image_key = 'observation.image'  # the dataset's camera
@@ -56,6 +53,8 @@ vqa_frames = 2000  # frames to render when recording (8 per expert rollout, seed
 eval_frames = 200  # held-out frames for answer accuracy, rendered in memory from validation seeds (envs.VAL_SEED..)
 eval_interval = 500  # iterations between accuracy evaluations (0 = only before and after training)
 log_interval = 25
+ckpt_interval = 500  # iterations between training states (weights, optimizer, sampler; atomic) for --resume
+resume = False  # continue from out_dir's last training state
 # model (fields of model.ManipulationVLAConfig; the offline tiny models are random, so by default all of it trains)
 vision_encoder = 'cnn'  # 'cnn' | 'tiny-siglip' | a SigLIP hub id or folder
 vlm_backbone = 'tiny-qwen2'  # 'tiny-qwen2' (tied LM head) | a causal-LM hub id or folder (its own lm_head)
@@ -65,6 +64,7 @@ use_lora = False
 gradient_checkpointing = False  # recompute the LM's (and a trained tower's) layers in backward: for big backbones
 # training
 max_iters = 3000
+lr_decay_iters = 0  # iterations of the cosine decay (0 = max_iters)
 batch_size = 64
 learning_rate = 1e-3  # LLaVA's stage 1 uses 1e-3 (for the projector)
 min_lr = 1e-4
@@ -80,108 +80,31 @@ seed = 1337
 _task_presets = False  # --task names the simulator; config/<task>.py holds BC recipes, not this script's keys
 # every other ManipulationVLAConfig field is a key too: the stage-2 run keeps this checkpoint's architecture
 from model import (ByteTokenizer, ManipulationVLA, ManipulationVLAConfig, config_defaults,  # noqa: E402
-                   hf_from_pretrained)
+                   hf_from_pretrained, policy_info)
 globals().update({k: v for k, v in config_defaults().items() if k not in globals()})
 # -----------------------------------------------------------------------------
-# VQA data from the simulator's state: questions whose answers are computed, never annotated
-
-
-def quadrant(dx, dy):
-    """Image directions of an offset in table pixels: gym-pusht draws y DOWN (y=0 is the top row)."""
-    return f"{'upper' if dy < 0 else 'lower'} {'left' if dx < 0 else 'right'}"
-
-
-def pusht_answers(state):
-    """state (8,): agent xy, block xy angle, goal xy angle -> {question: answer}. The block's place is its
-    T's centroid (the body origin sits on the bar's edge); angles grow clockwise on screen (y is down)."""
-    import pusht
-    agent, block, goal = np.asarray(state[0:2]), np.asarray(state[2:5]), np.asarray(state[5:8])
-    b, g = shapely.Polygon(pusht.keypoints(block)), shapely.Polygon(pusht.keypoints(goal))
-    dx, dy = b.centroid.x - g.centroid.x, b.centroid.y - g.centroid.y
-    where = 'at the goal' if np.hypot(dx, dy) < 20 else quadrant(dx, dy)  # 20 px = ~4 image pixels
-    k = int(np.round(((np.degrees(block[2] - goal[2]) + 180) % 360 - 180) / 45)) % 8  # 8 bins of 45 degrees
-    turn = {0: 'aligned', 4: '180 degrees'}.get(k) or (f'{45 * k} degrees clockwise' if k < 4
-                                                       else f'{45 * (8 - k)} degrees counterclockwise')
-    return {'where is the block relative to the goal?': where,
-            'how is the block rotated relative to the goal?': turn,
-            'where is the pusher?': quadrant(agent[0] - 256, agent[1] - 256),  # the table is 512 x 512
-            'does the block cover the goal?': 'yes' if b.intersection(g).area / g.area > 0.5 else 'no'}
-
-
-def lift_answers(state):
-    """state (10,): cube xyz, grip site xyz, finger gap, grasping, table height, cube half-height (m) -> answers."""
-    cube, grip, gap, grasping, table, half = state[0:3], state[3:6], state[6], state[7], state[8], state[9]
-    near = np.linalg.norm(grip[:2] - cube[:2]) < 0.02  # over the cube (it is ~4 cm wide)
-    where = ('at the cube' if near and abs(grip[2] - cube[2]) <= 0.03 else
-             'above the cube' if near and grip[2] > cube[2] else 'away from the cube')
-    return {'is the cube lifted?': 'yes' if cube[2] - (table + half) > 0.02 else 'no',  # 2 cm off the table
-            'is the gripper holding the cube?': 'yes' if grasping > 0.5 else 'no',  # both finger pads touch it
-            'is the gripper open?': 'yes' if gap > 0.06 else 'no',  # ~0.08 m open, ~0.04 on the cube, ~0 closed
-            'where is the gripper relative to the cube?': where}
-
-
-def aloha_answers(state):
-    """state (6,): the cube touches a finger of the left arm, of the right arm, the table (aloha.cube_contacts),
-    cube xyz -> answers. An arm holds the cube when its fingers touch it off the table."""
-    left, right, table = state[0] > 0.5, state[1] > 0.5, state[2] > 0.5
-    holds = 'neither arm' if table or not (left or right) else \
-        'both arms' if left and right else 'the left arm' if left else 'the right arm'
-    return {'which arm holds the cube?': holds,
-            'is the cube on the table?': 'yes' if table else 'no',
-            'does the right gripper touch the cube?': 'yes' if right else 'no',
-            'does the left gripper touch the cube?': 'yes' if left else 'no'}
-
-
-def vqa_spec(task):
-    """-> (answers(stored state) -> {question: answer}, the stored state's names, frames kept per expert rollout,
-    of its first steps)."""
-    specs = {
-        'pusht': (pusht_answers, ['agent_x', 'agent_y', 'block_x', 'block_y', 'block_angle', 'goal_x', 'goal_y',
-                                  'goal_angle'], 8, 120),  # the expert needs ~90 steps
-        'lift': (lift_answers, ['cube_x', 'cube_y', 'cube_z', 'grip_x', 'grip_y', 'grip_z', 'finger_gap', 'grasping',
-                                'table_z', 'cube_half_z'], 8, 60),  # grasped by ~step 35, lifted by ~50
-        'aloha_transfer_cube': (aloha_answers, ['touch_left', 'touch_right', 'touch_table', 'cube_x', 'cube_y',
-                                                'cube_z'], 40, 400)}  # the handover happens around steps 200-300
-    if task not in specs:
-        raise ValueError(f"no VQA generator for task {task!r}: one of {list(specs)}")
-    return specs[task]
-
-
-def vqa_state(task, env):
-    """The simulator's truth behind the answers, as stored with each frame (observation.environment_state)."""
-    u = env.unwrapped
-    if task == 'pusht':
-        import pusht
-        return np.r_[pusht.get_state(env)[[0, 1, 4, 5, 6]], u.goal_pose].astype(np.float32)
-    if task == 'lift':
-        gap = float(np.abs(u.finger_qpos()).sum())
-        return np.r_[u.cube_pos(), u.eef_pos(), gap, u.is_grasping(), u.table_height, u.cube_half_size[2]
-                     ].astype(np.float32)
-    import aloha
-    return np.r_[aloha.cube_contacts(u.physics), u.physics.data.qpos[16:19]].astype(np.float32)
+# VQA data from the simulator's state: each task module's questions (VQA, vqa_state, vqa_answers, vqa_image)
 
 
 def task_frames(task, n_frames, seed):
     """-> n_frames of (image uint8 (S, S, 3), state float32): the task's expert runs from random starts (seeds
-    seed, seed+1, ...) and we keep vqa_spec's per_episode random steps of its first horizon: starts, motions in progress
-    and finished states, so every answer occurs. gym-pusht draws every step anyway; the MuJoCo tasks step without
+    seed, seed+1, ...) and we keep the module's VQA per_episode random steps of its first horizon: starts, motions in
+    progress and finished states, so every answer occurs. gym-pusht draws every step anyway; the MuJoCo tasks step without
     images (~30x faster) and render only the kept frames, through the camera their observations use."""
     import envs
-    _, _, per_episode, horizon = vqa_spec(task)
-    spec, pixels = envs.TASKS[task], task == 'pusht'
+    module = envs.task_module(task)
+    vqa = module.VQA[task]
     rng, out, ep = np.random.default_rng(seed), [], seed
-    env, expert = envs.make_env(task, obs_type=None if pixels else 'state'), envs.make_expert(task, seed=seed)
+    env, expert = envs.make_env(task, obs_type=vqa['obs_type']), envs.make_expert(task, seed=seed)
     while len(out) < n_frames:
         obs, _ = env.reset(seed=ep)
         expert.reset()
-        keep = set(rng.choice(horizon, per_episode, replace=False).tolist())
+        keep = set(rng.choice(vqa['horizon'], vqa['per_episode'], replace=False).tolist())
         for t in range(max(keep) + 1):
             if t in keep:  # the frame the policy would see: the observation's camera at its size
-                image = (envs.obs_to_frame(task, obs)[spec['image_keys'][0]] if pixels
-                         else env.unwrapped._camera(spec['image_size'], spec['image_size']))
-                out.append((image, vqa_state(task, env)))
+                out.append((module.vqa_image(task, env, obs), module.vqa_state(task, env)))
             obs, _, done, truncated, _ = env.step(expert.get_action(env))
-            if done and pixels or truncated:  # PushT ends at success; the arms go on (lifted, handed over)
+            if done and vqa['stop_at_success'] or truncated:  # PushT ends at success; the arms go on
                 break
         ep += 1
     env.close()
@@ -192,14 +115,15 @@ def record_vqa(task, n_frames, out_dir, seed=0):
     """Render n_frames and write their QA pairs as a LeRobot v3.0 dataset (format: see the top of this file)."""
     import dataset_writer
     import envs
-    answers, names, _, _ = vqa_spec(task)
+    module = envs.task_module(task)
+    names = module.VQA[task]['state_names']
     frames = task_frames(task, n_frames, seed)
     h, w = frames[0][0].shape[:2]
     features = {'observation.image': {'dtype': 'image', 'shape': (h, w, 3), 'names': ['height', 'width', 'channels']},
                 'observation.environment_state': {'dtype': 'float32', 'shape': (len(names),), 'names': names}}
     writer = dataset_writer.LeRobotDatasetWriter(out_dir, fps=envs.TASKS[task]['fps'], features=features)
     for image, state in frames:
-        for q, a in answers(state).items():
+        for q, a in module.vqa_answers(task, state).items():
             writer.add_frame({'observation.image': image, 'observation.environment_state': state}, task=f'{q} {a}')
         writer.save_episode()
     writer.finalize()
@@ -334,10 +258,14 @@ import train_common  # noqa: E402
 import data  # noqa: E402
 import envs  # noqa: E402
 
-try:
-    answers = vqa_spec(task)[0]
-except ValueError as e:
-    raise SystemExit(f"train_vlm.py --task={task}: {e}")
+if task not in envs.TASKS or task not in getattr(envs.task_module(task), 'VQA', {}):
+    raise SystemExit(f"train_vlm.py --task={task}: no VQA generator for it; the tasks whose module asks questions "
+                     f"(its VQA table): {[t for t in envs.TASKS if t in getattr(envs.task_module(t), 'VQA', {})]}")
+
+
+def answers(state):
+    """{question: answer} of one stored state, from the task's module."""
+    return envs.task_module(task).vqa_answers(task, state)
 out_dir = config['out_dir'] = out_dir or f'out/vlm_{task}'
 if use_depth:
     raise SystemExit("use_depth=True: the VQA frames have no depth; stage 1 trains on RGB only")
@@ -348,22 +276,15 @@ if text_encoder:
 _, _, _, device = train_common.init_distributed(device)  # one process: stage 1 is short
 device_type = device.split(':')[0]
 torch.manual_seed(seed)
-autocast = nullcontext() if device_type == 'cpu' or mixed_precision == 'no' else \
-    torch.autocast(device_type=device_type, dtype={'bf16': torch.bfloat16, 'fp16': torch.float16}[mixed_precision])
+autocast = train_common.autocast(device_type, mixed_precision)
 os.makedirs(out_dir, exist_ok=True)
 
 # data: recorded once (aside, then renamed, like train_bc.py); held-out frames come from validation seeds
 dataset_path = dataset or os.path.join('data', f'vqa_{task}_{vqa_frames}')
 local = not dataset or not data.is_hub_id(dataset)  # the default folder is recorded here
-if local and not os.path.exists(os.path.join(dataset_path, 'meta', 'info.json')):
-    if os.path.exists(dataset_path):
-        raise SystemExit(f"{dataset_path} exists but holds no dataset (no meta/info.json): delete or move it")
-    print(f"no VQA dataset at {dataset_path}: rendering {vqa_frames} frames (done once)")
-    t0 = time.time()
-    shutil.rmtree(dataset_path + '.tmp', ignore_errors=True)
-    record_vqa(task, vqa_frames, dataset_path + '.tmp', seed=0)
-    os.replace(dataset_path + '.tmp', dataset_path)
-    print(f"recorded {dataset_path} in {time.time() - t0:.0f}s")
+if local:
+    train_common.record_if_missing(dataset_path, lambda tmp: record_vqa(task, vqa_frames, tmp, seed=0),
+                                   f"rendering {vqa_frames} VQA frames")
 ds = data.LeRobotDataset(dataset_path, camera_keys=[image_key])  # a hub id downloads into the hub cache (data.py)
 train_images = ds.frames[image_key]  # (N, H, W, 3) uint8
 train_qas = [split_qa(ds.meta.tasks[int(i)], caption_prompt) for i in ds.columns['task_index']]
@@ -393,13 +314,21 @@ print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameter
 optimizer = train_common.adamw(model, learning_rate, weight_decay, betas, fused=device_type == 'cuda')
 scaler = torch.amp.GradScaler(device_type, enabled=mixed_precision == 'fp16' and device_type == 'cuda')
 log_path = os.path.join(out_dir, 'log.jsonl')
-open(log_path, 'w').close()
 train_common.write_json(os.path.join(out_dir, 'train_config.json'), dict(config, dataset_path=dataset_path))
 
 
 def log(record):
     with open(log_path, 'a') as f:
         f.write(json.dumps(record) + '\n')
+
+
+def save_training_state(step):
+    """Commit what --resume needs (train_common.save_state): weights, optimizer, the batch sampler's state and
+    the accuracy before training, so a resumed run draws the same batches and ends with the same weights."""
+    tensors, param_groups = train_common.training_tensors(model, None, optimizer, device_type)
+    train_common.save_state(out_dir, 'training_state', step, tensors,
+                            dict(rng=rng.bit_generator.state, before=before, param_groups=param_groups,
+                                 scaler=scaler.state_dict(), config=config))
 
 
 def evaluate(step):
@@ -414,11 +343,22 @@ def evaluate(step):
 
 # -----------------------------------------------------------------------------
 # training loop: random batches of QA rows
-before = evaluate(0)
 rng = np.random.default_rng(seed)
+start = 0
+if resume:
+    meta, tensors = train_common.load_state(out_dir, 'training_state')
+    train_common.restore_training_tensors(tensors, meta['param_groups'], model, None, optimizer, device)
+    scaler.load_state_dict(meta['scaler'])
+    rng.bit_generator.state = meta['rng']
+    before, start = meta['before'], meta['step']
+    train_common.truncate_log(log_path, start)
+    print(f"resumed from {out_dir} at iteration {start}")
+else:
+    open(log_path, 'w').close()
+    before = evaluate(0)
 t0 = time.time()
-for it in range(max_iters):
-    lr = train_common.cosine_lr(it, learning_rate, min_lr, warmup_iters, max_iters)
+for it in range(start, max_iters):
+    lr = train_common.cosine_lr(it, learning_rate, min_lr, warmup_iters, lr_decay_iters or max_iters)
     for group in optimizer.param_groups:
         group['lr'] = lr
     idx = rng.integers(len(train_qas), size=batch_size)
@@ -429,17 +369,19 @@ for it in range(max_iters):
     if not torch.isfinite(loss):
         raise SystemExit(f"loss is {loss.item()} at iteration {it}: lower --learning_rate (now {learning_rate})")
     scaler.scale(loss).backward()
-    train_common.optimizer_step(optimizer, scaler, model.parameters(), max_grad_norm)
+    grad_norm = train_common.optimizer_step(optimizer, scaler, model.parameters(), max_grad_norm)
     step = it + 1
     if step % log_interval == 0 or step == max_iters:
-        log(dict(iter=step, loss=loss.item(), lr=lr, time=time.time() - t0))
+        log(dict(iter=step, loss=loss.item(), lr=lr, grad_norm=grad_norm, time=time.time() - t0))
         print(f"iter {step}: loss {loss.item():.4f}, lr {lr:.2e}, {time.time() - t0:.0f}s")
     if eval_interval > 0 and step % eval_interval == 0 and step < max_iters:
         evaluate(step)
+    if step % ckpt_interval == 0 or step == max_iters:
+        save_training_state(step)
 after = evaluate(max_iters)
 
 # the one checkpoint format; policy marks it as stage 1 (train_bc.py --init_from then sets action statistics)
-model.policy_info = dict(stage='vlm', task=task, dataset=dataset_path, vqa_accuracy=after['accuracy'])
+model.policy_info = policy_info([], stage='vlm', task=task, dataset=dataset_path, vqa_accuracy=after['accuracy'])
 model.save_pretrained(out_dir)
 train_common.write_json(os.path.join(out_dir, 'vqa_eval.json'),
                         dict(before=before, after=after, majority_baseline=baseline, eval_pairs=len(eval_qas)))

@@ -1,6 +1,6 @@
 """
 What a DAgger label costs: roll out a PushT policy and let the expert label every state it visits
-(envs.label_rollouts, what train_dagger.py runs each round), with 1 and with N worker processes.
+(eval.label_rollouts, what train_dagger.py runs each round), with 1 and with N worker processes.
 The expert re-plans at every state the learner drives it to, so labels cost far more than recording
 the expert's own demonstrations (where it follows its plan). --segment=8 --beta=0.5 measures train_dagger.py's
 default, where the expert drives (and labels) whole segments.
@@ -18,7 +18,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import envs  # noqa: E402
+import eval  # noqa: E402
 
 
 def main():
@@ -38,7 +38,7 @@ def main():
     rows = []
     for w in [int(x) for x in args.workers.split(',')]:
         t0 = time.perf_counter()
-        eps = list(envs.label_rollouts('pusht', args.ckpt, seeds, args.beta, args.max_steps, [0], num_workers=w,
+        eps = list(eval.label_rollouts('pusht', args.ckpt, seeds, args.beta, args.max_steps, [0], num_workers=w,
                                        segment=args.segment))
         sec = time.perf_counter() - t0
         labels = sum(e['labels'] for e in eps)

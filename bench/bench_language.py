@@ -108,16 +108,20 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     p.add_argument('--out', default='out/lang/scratch')
     p.add_argument('--data', default='data/language_pusht', help='the recorded dataset (recorded if missing)')
-    p.add_argument('--episodes', type=int, default=400, help='training episodes (a quarter per side)')
-    p.add_argument('--iters', type=int, default=3000)
+    p.add_argument('--episodes', type=int, default=1600, help='training episodes (a quarter per side)')
+    p.add_argument('--iters', type=int, default=4000)
     p.add_argument('--train_args', default='', help='more train_bc.py flags, e.g. "--text_encoder=minilm"')
     p.add_argument('--seeds', type=int, default=10, help='held-out test seeds per instruction')
     p.add_argument('--sets', default='trained,val,test,no_side', help='which instruction sets to evaluate')
     args = p.parse_args()
-    if not os.path.exists(os.path.join(args.data, 'meta', 'info.json')):
+    info = os.path.join(args.data, 'meta', 'info.json')
+    if not os.path.exists(info):
         t0 = time.time()
         record(args.data, args.episodes)
         print(f"recorded {args.episodes} episodes into {args.data} in {time.time() - t0:.0f} s")
+    elif json.load(open(info))['total_episodes'] != args.episodes:
+        raise SystemExit(f"{args.data} holds {json.load(open(info))['total_episodes']} episodes, not --episodes="
+                         f"{args.episodes}: pass --data=<another folder> to record them, or --episodes to match")
     ckpt = os.path.join(args.out, 'policy')
     if not os.path.exists(os.path.join(ckpt, 'model.safetensors')):
         subprocess.run([sys.executable, os.path.join(REPO, 'train_bc.py'), '--task=pusht', f'--dataset={args.data}',

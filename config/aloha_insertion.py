@@ -1,11 +1,11 @@
 # ALOHA bimanual peg insertion (gym-aloha): the left arm holds the socket, the right slides the peg in until it
-# touches the pin. Same CPU-sized recipe as config/aloha_transfer_cube.py (diffusion head, chunk 16, ACT temporal
-# ensembling); demos from aloha.plan_insertion + joint replay.
+# touches the pin. The cube transfer's recipe (config/aloha_transfer_cube.py: ACT's transformer decoder, 1 s chunks,
+# temporal ensembling), chosen on the cube transfer's validation seeds; demos from aloha.plan_insertion + joint replay.
 task = 'aloha_insertion'
 out_dir = 'out/aloha_insertion'
 dataset_episodes = 50
-action_head_type = 'diffusion'
-action_chunk_size = 16
+action_head_type = 'transformer'
+action_chunk_size = 50
 n_action_steps = 1
 temporal_ensemble_coeff = 0.01
 max_iters = 6000
@@ -13,4 +13,5 @@ augment = False
 batch_size = 64
 learning_rate = 3e-4
 eval_interval = 0
-final_eval_episodes = 20
+final_eval_episodes = 200
+eval_workers = 2

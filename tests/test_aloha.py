@@ -143,3 +143,48 @@ def test_record_demonstrations_roundtrip(tmp_path):
     assert ds.meta.features["action"]["names"][6] == "left_arm_gripper"
     first = ds[0]["observation.state"].numpy()
     np.testing.assert_allclose(first[:6], aloha.START_ARM_POSE[:6], atol=1e-3)  # starts at the start pose
+
+
+class HoldPolicy:
+    """Joint targets = where the joints are: the arms stay at the start pose."""
+
+    def reset(self):
+        pass
+
+    def __call__(self, frame, env=None):
+        return frame[SPEC["state_key"]]
+
+
+def test_eval_counts_where_episodes_stop():
+    """eval.py reports ALOHA episodes by their best reward stage: the expert reaches 'transferred', a policy that
+    holds the start pose stays at 'none'."""
+    from eval import ExpertPolicy, ManipulationEvaluator
+    ev = ManipulationEvaluator(TASK, n_episodes=1, start_seed=envs.TEST_SEED, progress=False)
+    m = ev.evaluate(ExpertPolicy(TASK))
+    assert m["success_rate"] == 1.0 and m["max_reward_stages"]["4 transferred"] == 1
+    hold = ManipulationEvaluator(TASK, n_episodes=1, start_seed=envs.TEST_SEED, max_steps=20, progress=False)
+    m = hold.evaluate(HoldPolicy())
+    assert m["max_reward_stages"] == {"0 none": 1, "1 right touched": 0, "2 right lifted": 0, "3 left touched": 0,
+                                      "4 transferred": 0}
+
+
+@pytest.mark.parametrize("task", ["aloha_transfer_cube", "aloha_insertion"])
+def test_preset_trains_and_tests_on_a_tiny_slice(task, tmp_path):
+    """`python train_bc.py --task=<aloha task>` end to end with the preset's recipe (head, chunk, ensembling), cut to
+    a few iterations on one recorded episode: the final test runs in 2 worker processes and reports the stages."""
+    import json
+    import subprocess
+    envs.record_demonstrations(task, 1, tmp_path / "demo", seed=0)
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "train_bc.py", f"--task={task}", f"--dataset={tmp_path / 'demo'}",
+                        f"--out_dir={out}", "--max_iters=3", "--batch_size=8", "--warmup_iters=1",
+                        "--final_eval_episodes=2", "--eval_max_steps=6"],
+                       cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    preset = {}
+    exec(open(Path(__file__).resolve().parents[1] / "config" / f"{task}.py").read(), preset)
+    config = json.load(open(out / "config.json"))["config"]
+    assert config["action_head_type"] == preset["action_head_type"]
+    assert config["action_chunk_size"] == preset["action_chunk_size"]
+    m = json.load(open(out / "eval.json"))
+    assert m["n_episodes"] == 2 and sum(m["max_reward_stages"].values()) == 2

@@ -72,7 +72,7 @@ def test_flag_may_reset_a_preset_value_to_none():
     """config/aloha_transfer_cube.py sets temporal_ensemble_coeff=0.01; the script's default is None, so
     --temporal_ensemble_coeff=None (ensembling off) must pass: types come from the script, not the preset."""
     g = run_config(['--task=aloha_transfer_cube', '--temporal_ensemble_coeff=None'], script_globals=_train_bc_globals())
-    assert g['temporal_ensemble_coeff'] is None and g['action_head_type'] == 'diffusion'
+    assert g['temporal_ensemble_coeff'] is None and g['action_head_type'] == 'transformer'
 
 
 def _train_bc_globals():
@@ -94,3 +94,11 @@ def test_every_preset_matches_train_bc_keys():
 def test_cli_error_exits_nonzero():
     r = subprocess.run([sys.executable, 'train_bc.py', '--max_iter=3'], cwd=REPO, capture_output=True, text=True)
     assert r.returncode != 0 and "Did you mean: max_iters" in r.stderr
+
+
+def test_a_preset_name_is_refused_where_task_names_the_simulator():
+    """eval.py, deploy.py and the other stages take a simulator task for --task, not a train_bc.py preset: a preset's
+    name fails with the task it trains, instead of 'unknown task' later; a simulator task passes."""
+    with pytest.raises(SystemExit, match=r"--task=pusht_human names a training preset .* pass --task=pusht"):
+        run_config(['--task=pusht_human'], script_globals={'_task_presets': False})
+    assert run_config(['--task=lift'], script_globals={'_task_presets': False})['task'] == 'lift'

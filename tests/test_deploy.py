@@ -16,7 +16,7 @@ import pusht  # noqa: E402
 from deploy import (ExportedPolicy, SafetyShield, StepPolicy, control_loop, example_inputs,  # noqa: E402
                     export_policy, load_exported)
 from eval import VLAPolicy  # noqa: E402
-from model import ManipulationVLA, ManipulationVLAConfig  # noqa: E402
+from model import ManipulationVLA, ManipulationVLAConfig, policy_info  # noqa: E402
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 HEADS = ["mlp", "gaussian", "mixture", "diffusion", "flow", "transformer"]
@@ -40,10 +40,9 @@ def tiny_model(head="mlp", action_dim=2, **kw):
 def save_checkpoint(model, path):
     """A folder like train_bc.py writes: weights + config.json with the policy's task and execution settings."""
     c = model.config
-    model.policy_info = dict(tasks=[dict(task="pusht", instruction=INSTRUCTION, image_keys=["observation.image"],
-                                         state_key="observation.state", action_dim=c.action_dim,
-                                         state_dim=c.proprioception_dim)],
-                             n_action_steps=2, temporal_ensemble_coeff=None)
+    model.policy_info = policy_info([dict(task="pusht", instruction=INSTRUCTION, instructions=[INSTRUCTION],
+                                          image_keys=["observation.image"], state_key="observation.state",
+                                          action_dim=c.action_dim, state_dim=c.proprioception_dim)], n_action_steps=2)
     model.save_pretrained(str(path))
     return str(path)
 

@@ -16,7 +16,7 @@ sys.path.insert(0, REPO)
 import deploy  # noqa: E402
 import envs  # noqa: E402
 from deploy import SafetyShield, control_loop, make_shield  # noqa: E402
-from model import ManipulationVLA, ManipulationVLAConfig  # noqa: E402
+from model import ManipulationVLA, ManipulationVLAConfig, policy_info  # noqa: E402
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 INSTRUCTION = envs.TASKS["pusht"]["instruction"]
@@ -31,9 +31,9 @@ def tiny_checkpoint(path, nan=False):
     if nan:
         with torch.no_grad():
             model.head.net[0].weight[0, 0] = float("nan")
-    model.policy_info = dict(tasks=[dict(task="pusht", instruction=INSTRUCTION, image_keys=["observation.image"],
-                                         state_key="observation.state", action_dim=2, state_dim=2)],
-                             n_action_steps=2, temporal_ensemble_coeff=None)
+    model.policy_info = policy_info([dict(task="pusht", instruction=INSTRUCTION, instructions=[INSTRUCTION],
+                                          image_keys=["observation.image"], state_key="observation.state",
+                                          action_dim=2, state_dim=2)], n_action_steps=2)
     model.save_pretrained(str(path))
     return str(path)
 
@@ -215,6 +215,7 @@ def test_estop_stops_the_simulated_robot(task, probe, tol, settle):
     ("--ema_decay=1.5", "ema_decay=1.5 is out of range"), ("--batch_size=0", "batch_size=0"),
     ("--log_interval=0", "log_interval=0"), ("--ckpt_interval=0", "ckpt_interval=0"),
     ("--learning_rate=-1", "learning_rate=-1"), ("--min_lr=1.0", "min_lr=1.0 exceeds learning_rate"),
+    ("--use_depth=True", "no dataset or simulator task here provides depth"),  # a key nothing could honour
 ])
 def test_out_of_range_values_stop_before_any_data(arg, message, tmp_path):
     r = cli("--task=pusht_debug", arg, f"--out_dir={tmp_path / 'o'}", script="train_bc.py", cwd=tmp_path)
@@ -241,3 +242,25 @@ def test_data_folder_without_metadata_fails_before_recording(tmp_path):
     r = cli("--task=pusht_debug", f"--out_dir={tmp_path / 'o'}", script="train_bc.py", cwd=tmp_path)
     assert r.returncode != 0 and "holds no dataset" in r.stderr and "delete or move it" in r.stderr
     assert os.listdir(tmp_path / "data") == ["pusht_4ep"]  # nothing recorded beside it
+
+
+def test_a_recording_that_crashes_leaves_no_dataset_behind(tmp_path):
+    """train_common.record_if_missing, which every stage script records through: a recorder that dies half way
+    leaves nothing at the dataset's path (a later run records again); one that finishes appears whole, once."""
+    import train_common
+    path = str(tmp_path / "ds")
+
+    def crash(tmp):
+        os.makedirs(os.path.join(tmp, "meta"))
+        raise RuntimeError("killed while recording")
+
+    def record(tmp):
+        os.makedirs(os.path.join(tmp, "meta"))
+        open(os.path.join(tmp, "meta", "info.json"), "w").write("{}")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        train_common.record_if_missing(path, crash, "recording")
+    assert not os.path.exists(path)
+    assert train_common.record_if_missing(path, record, "recording") is True
+    assert os.listdir(tmp_path) == ["ds"] and os.path.exists(os.path.join(path, "meta", "info.json"))
+    assert train_common.record_if_missing(path, crash, "recording") is False  # there: never recorded again

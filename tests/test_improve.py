@@ -186,14 +186,15 @@ def test_dagger_segments_record_only_the_experts_stretches(bc_checkpoints):
     With beta=1 that is the expert's own episode (its consecutive actions, not per-step re-plans); with beta=0.5
     the stretches are whole H-step blocks that together hold exactly the expert-driven steps."""
     import envs
+    import eval  # the module (DAgger's labelled rollouts live there), not the builtin
     _, _, ckpts = bc_checkpoints
     seed, steps = 50_000, 24
     alone = envs.run_expert_episode('pusht', seed, render=False)
-    ep = envs._dagger_worker(('pusht', ckpts['mlp'], seed, 1.0, steps, [0, seed], 0, None, 4, 0))
+    ep = eval._dagger_worker(('pusht', ckpts['mlp'], seed, 1.0, steps, [0, seed], 0, None, 4, 0))
     [(frames, labels)] = ep['episodes']
     assert ep['labels'] == len(frames) == steps and ep['expert_fraction'] == 1.0
     assert np.allclose(labels, alone['actions'][:steps], atol=1e-4)
-    ep = envs._dagger_worker(('pusht', ckpts['mlp'], seed, 0.5, 40, [0, seed], 0, None, 4, 0))  # 3 stretches
+    ep = eval._dagger_worker(('pusht', ckpts['mlp'], seed, 0.5, 40, [0, seed], 0, None, 4, 0))  # 3 stretches
     lengths = [len(f) for f, _ in ep['episodes']]
     assert len(lengths) >= 2 and all(n % 4 == 0 for n in lengths), lengths
     assert sum(lengths) == ep['labels'] == round(ep['expert_fraction'] * ep['steps']) < ep['steps']
@@ -204,11 +205,12 @@ def test_dagger_branches_label_the_learners_own_states(bc_checkpoints):
     """expert_branch=B: the learner drives the whole rollout (branches leave it alone: the same steps and outcome as
     with none), and each branch is the expert's own B steps from a copy of the learner's state at a decision point."""
     import envs
+    import eval  # the module, not the builtin
     from eval import load_policy
     _, _, ckpts = bc_checkpoints
     seed, steps, H, B = 50_000, 24, 4, 6
-    none = envs._dagger_worker(('pusht', ckpts['mlp'], seed, 0.0, steps, [0, seed], 0, None, H, B))
-    every = envs._dagger_worker(('pusht', ckpts['mlp'], seed, 1.0, steps, [0, seed], 0, None, H, B))
+    none = eval._dagger_worker(('pusht', ckpts['mlp'], seed, 0.0, steps, [0, seed], 0, None, H, B))
+    every = eval._dagger_worker(('pusht', ckpts['mlp'], seed, 1.0, steps, [0, seed], 0, None, H, B))
     assert none['episodes'] == [] and none['labels'] == 0
     assert (every['steps'], every['success']) == (none['steps'], none['success'])
     assert len(every['episodes']) == -(-every['steps'] // H) and every['expert_fraction'] == 0.0
@@ -261,6 +263,22 @@ def test_gail_state_mode_runs_and_resumes(tmp_path):
     run('train_gail.py', args[:4] + ['--ppo_iters=3', '--resume=True'] + args[5:])
     state = json.load(open(os.path.join(out, 'gail_state.json')))
     assert state['iter'] == 3 and [h['iter'] for h in state['history'] if 'disc_acc' in h] == [1, 2, 3]
+
+
+@pytest.mark.parametrize('task, features, action_dim', [('lift', 11, 4), ('aloha_transfer_cube', 21, 14)])
+def test_gail_runs_on_other_tasks_from_their_modules_features(task, features, action_dim, tmp_path):
+    """GAIL is not PushT's only: the task module's gail_features feed the networks, actions have the task's dims."""
+    out = str(tmp_path / 'gail')
+    run('train_gail.py', [f'--task={task}', f'--out_dir={out}', '--expert_episodes=1', '--bc_iters=5',
+                          '--ppo_iters=1', '--steps_per_iter=32', '--minibatch_size=16', '--eval_episodes=1',
+                          '--eval_interval=0', '--ppo_epochs=1', '--disc_steps=1', '--action_steps=2'])
+    state = json.load(open(os.path.join(out, 'gail_state.json')))
+    from safetensors.torch import load_file
+    tensors = load_file(os.path.join(out, state['tensors']))
+    assert tensors['disc.net.0.weight'].shape[1] == features + 2 * action_dim
+    assert tensors['policy.head.net.4.weight'].shape[0] == 2 * 2 * action_dim
+    r = run('train_gail.py', ['--task=lift', '--obs_mode=pixels', f'--out_dir={tmp_path / "x"}'], check=False)
+    assert r.returncode != 0 and 'not its action space' in r.stderr
 
 
 def test_gail_pixel_mode_updates_the_vla_policy(bc_checkpoints, tmp_path):

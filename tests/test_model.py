@@ -274,3 +274,20 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_hf_dirs, lora):
 def test_missing_backbone_says_how_to_use_a_local_folder():
     with pytest.raises(OSError, match="local folder"):
         ManipulationVLA(tiny_config(vlm_backbone="/nonexistent/Qwen2-0.5B-Instruct"))
+
+
+def test_policy_info_is_built_and_read_in_one_place():
+    """The checkpoint contract: policy_info() refuses an entry without what eval/deploy need, policy_task() picks a
+    task or says which to pass, and a stage-1 checkpoint (no tasks) says how to use it."""
+    from model import POLICY_TASK_KEYS, policy_info, policy_task
+    entry = dict(task="pusht", instruction="push", instructions=["push"], image_keys=["observation.image"],
+                 state_key="observation.state", action_dim=2, state_dim=2, extra="dropped")
+    info = policy_info([entry, dict(entry, task="lift")], n_action_steps=8)
+    assert info["stage"] == "policy" and set(info["tasks"][0]) == set(POLICY_TASK_KEYS)
+    assert policy_task(info, "lift")[0] == 1
+    with pytest.raises(ValueError, match="multi-task policy"):
+        policy_task(info)
+    with pytest.raises(ValueError, match="lacks \\['instructions'\\]"):
+        policy_info([{k: v for k, v in entry.items() if k != "instructions"}], n_action_steps=8)
+    with pytest.raises(ValueError, match="train_bc.py --init_from"):
+        policy_task(policy_info([], stage="vlm", task="pusht"))

@@ -185,3 +185,13 @@ def test_instruction_conditions_the_policy(tmp_path):
     env.close()
     assert np.hypot(*(first_actions[0] - first_actions[1])) > 100, first_actions
     assert all(h >= 2 for h in hits.values()), hits  # chance: the pusher ends near at most one goal
+
+
+def test_observation_history_reaches_the_datasets(demos, tmp_path):
+    """--n_obs_steps=2 builds the model for two frames AND gives it two from each task's dataset (it was passed to the
+    model only, and the first forward pass failed); the evaluation feeds the history too."""
+    out = str(tmp_path / 'mt_obs2')
+    run([f'--datasets={demos[:2]}', "--tasks=['lift', 'pusht']", f'--out_dir={out}', '--n_obs_steps=2',
+         '--max_iters=3', '--eval_episodes=1', '--eval_max_steps=4'] + TINY)
+    assert json.load(open(os.path.join(out, 'config.json')))['config']['n_obs_steps'] == 2
+    assert log(out)[-1]['iter'] == 3

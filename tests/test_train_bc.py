@@ -284,3 +284,19 @@ def test_cpu_training_keeps_freed_memory_instead_of_faulting_it_in_again():
     assert runs['keep'][0] == 'True'  # malloc accepted all three settings
     assert runs['default'][1] > 10 * 16384 // 4  # 10 rounds of 64 MiB (16384 pages): here about half fault again
     assert runs['keep'][1] < runs['default'][1] / 20
+
+
+def test_eval_workers_run_the_same_episodes(head_runs):
+    """eval.py --num_workers=2: the episodes, run in two spawned processes that each load the checkpoint, equal
+    the single-process run's, seed for seed (the policy and the simulator are deterministic per seed; one torch
+    thread per worker changes float sums only in their last bits)."""
+    from eval import ManipulationEvaluator
+    out = head_runs['mlp'][0]
+    ev = ManipulationEvaluator('pusht', n_episodes=3, start_seed=100_000, max_steps=12, progress=False)
+    one, two = ev.evaluate(dict(ckpt_dir=out)), ev.evaluate(dict(ckpt_dir=out), num_workers=2)
+    keys = ('seed', 'steps', 'max_reward', 'position_error')  # float sums differ in the last bits across threads
+    assert [[e[k] for k in keys] for e in two['episodes']] == \
+        [[pytest.approx(e[k], rel=1e-5) for k in keys] for e in one['episodes']]
+    assert [e['seed'] for e in two['episodes']] == [100_000, 100_001, 100_002]
+    with pytest.raises(ValueError, match='checkpoint'):
+        ev.evaluate(object(), num_workers=2)  # a policy object cannot travel to the workers

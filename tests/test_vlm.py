@@ -62,8 +62,9 @@ def test_vqa_answers_match_the_simulator(tmp_path):
         for t in range(60):
             obs, _, done, _, info = env.step(expert.get_action(env))
             if t % 6 == 0 or done:
-                state = np.r_[pusht.get_state(env)[[0, 1, 4, 5, 6]], env.unwrapped.goal_pose]
-                answers = list(VLM['pusht_answers'](state).values())
+                state = pusht.vqa_state('pusht', env)
+                assert np.allclose(state, np.r_[pusht.get_state(env)[[0, 1, 4, 5, 6]], env.unwrapped.goal_pose])
+                answers = list(pusht.vqa_answers('pusht', state).values())
                 assert answers == truth(state, info['coverage']), (seed, t, state)
                 checked.update(answers)
                 col, row = agent_pixel(obs['pixels'])  # 'upper left' is the image's upper left
@@ -79,7 +80,7 @@ def test_vqa_answers_match_the_simulator(tmp_path):
     for i in range(len(ds)):
         q, a = VLM['split_qa'](ds.meta.tasks[int(ds.columns['task_index'][i])], 'what does the image show?')
         state = ds.columns['observation.environment_state'][i].astype(np.float64)
-        assert VLM['pusht_answers'](state)[q] == a
+        assert pusht.vqa_answers('pusht', state)[q] == a
         image = ds.frames['observation.image'][i]
         col, row = agent_pixel(image)
         assert abs(col * 512 / 96 - state[0]) < 10 and abs(row * 512 / 96 - state[1]) < 10
@@ -103,15 +104,15 @@ def test_arm_task_answers_follow_the_expert(task, start, later, tmp_path):
     what the expert is known to do by then; recorded frames keep the state their answers come from."""
     import data
     import envs
-    answers = VLM['vqa_spec'](task)[0]
+    module = envs.task_module(task)
     env, expert = envs.make_env(task, obs_type='state'), envs.make_expert(task)
     env.reset(seed=0)
     expert.reset()
-    assert answers(VLM['vqa_state'](task, env)).items() >= start.items()
+    assert module.vqa_answers(task, module.vqa_state(task, env)).items() >= start.items()
     step, want = later
     for _ in range(step):
         env.step(expert.get_action(env))
-    now = answers(VLM['vqa_state'](task, env))
+    now = module.vqa_answers(task, module.vqa_state(task, env))
     assert now.items() >= want.items(), now
     env.close()
     VLM['record_vqa'](task, 2, tmp_path / 'vqa', seed=0)
@@ -120,7 +121,7 @@ def test_arm_task_answers_follow_the_expert(task, start, later, tmp_path):
     assert ds.frames['observation.image'].shape[1:] == (96, 96, 3) and ds.frames['observation.image'].std() > 10
     for i in range(len(ds)):
         q, a = VLM['split_qa'](ds.meta.tasks[int(ds.columns['task_index'][i])], 'what does the image show?')
-        assert answers(ds.columns['observation.environment_state'][i].astype(np.float64))[q] == a
+        assert module.vqa_answers(task, ds.columns['observation.environment_state'][i].astype(np.float64))[q] == a
 
 
 def test_answer_loss_overfits_a_fixed_batch():
@@ -176,6 +177,26 @@ def test_checkpoint_starts_behavioral_cloning(tmp_path):
     stats = json.load(open(tmp_path / 'demos' / 'meta' / 'stats.json'))
     assert np.allclose(bc.action_min[0].numpy(), stats['action']['min'])  # the dataset's statistics went in
     assert bc.policy_info['tasks'][0]['task'] == 'pusht'
+
+
+def test_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
+    """train_vlm.py --resume: a run stopped after 2 of 4 iterations and resumed ends with the same weights as a run
+    of 4 (the optimizer and the batch sampler continue; the LR schedule is fixed by --lr_decay_iters)."""
+    from safetensors.torch import load_file
+    VLM['record_vqa']('pusht', 4, tmp_path / 'vqa', seed=0)
+    args = [sys.executable, 'train_vlm.py', f'--dataset={tmp_path / "vqa"}', '--eval_frames=2', '--batch_size=4',
+            '--warmup_iters=1', '--lr_decay_iters=4', '--ckpt_interval=2', '--eval_interval=0', '--hidden_size=32',
+            '--num_heads=2', '--cnn_width=8', '--max_answer_tokens=4']
+    for out, iters in (('whole', [4]), ('parts', [2, 4])):
+        for i, n in enumerate(iters):
+            r = subprocess.run(args + [f'--out_dir={tmp_path / out}', f'--max_iters={n}', f'--resume={i > 0}'],
+                               cwd=REPO, capture_output=True, text=True, timeout=300)
+            assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert 'resumed from' in r.stdout and 'at iteration 2' in r.stdout
+    whole, parts = (load_file(str(tmp_path / d / 'model.safetensors')) for d in ('whole', 'parts'))
+    assert whole.keys() == parts.keys() and all(torch.equal(whole[k], parts[k]) for k in whole)
+    losses = [r['iter'] for r in map(json.loads, open(tmp_path / 'parts' / 'log.jsonl')) if 'loss' in r]
+    assert losses == [2, 4]  # each logged iteration once, across the two parts
 
 
 def test_hub_caption_dataset_trains_through_the_hub_cache(tmp_path):

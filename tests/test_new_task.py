@@ -1,0 +1,60 @@
+"""A new task is three files: its module, one entry in tasks.TASKS and its preset. This test adds a fourth simulated
+task (tests/example_task_reach.py: an agent reaching a dot) to a copy of the repo by writing exactly those three,
+and runs every stage on it: recording, training, evaluation, deployment, stage-1 questions and GAIL."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TABLE_ENTRY = '''
+TASKS["reach"] = dict(module="reach", env_id="nanovla/Reach", fps=10, max_steps=40, image_size=96,
+                      instruction="move to the green dot", image_keys=["observation.image"],
+                      state_key="observation.state", state_dim=2, action_dim=2, action_low=0.0, action_high=512.0,
+                      max_step_change=60.0)
+'''
+PRESET = '''task = 'reach'
+out_dir = 'out/reach'
+dataset_episodes = 10
+batch_size = 16
+action_head_type = 'mlp'
+max_iters = 30
+eval_interval = 0
+final_eval_episodes = 2
+'''
+
+
+def run(repo, script, *args):
+    r = subprocess.run([sys.executable, script, *args], cwd=repo, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, f"{script} {' '.join(args)}:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
+    return r.stdout
+
+
+def test_a_fourth_task_is_its_module_a_table_entry_and_a_preset(tmp_path):
+    repo = tmp_path / "repo"
+    shutil.copytree(REPO, repo, ignore=shutil.ignore_patterns("out", "data", "tests", "results", ".git", "__pycache__",
+                                                              "*.md", "bench"))
+    shutil.copyfile(os.path.join(REPO, "tests", "example_task_reach.py"), repo / "reach.py")  # 1. the module
+    with open(repo / "tasks.py", "a") as f:  # 2. its entry in the task table
+        f.write(TABLE_ENTRY)
+    (repo / "config" / "reach.py").write_text(PRESET)  # 3. its preset
+    changed = [p for p in ("reach.py", "tasks.py", "config/reach.py")
+               if not os.path.exists(os.path.join(REPO, p)) or open(os.path.join(REPO, p)).read() != (repo / p).read_text()]
+    assert changed == ["reach.py", "tasks.py", "config/reach.py"]
+
+    out = run(repo, "train_bc.py", "--task=reach")  # records the expert's demos, trains, tests on held-out seeds
+    assert "recording 10 expert episodes" in out and "held-out episodes" in out
+    metrics = json.load(open(repo / "out" / "reach" / "eval.json"))
+    assert metrics["n_episodes"] == 2 and "distance" in metrics["episodes"][0]  # the module's episode_metrics
+    run(repo, "eval.py", "--ckpt=out/reach", "--episodes=2", "--num_workers=2", "--videos=0", "--out=out/e.json")
+    assert json.load(open(repo / "out" / "e.json"))["task"] == "reach"
+    out = run(repo, "deploy.py", "run", "--policy=out/reach", "--robot=sim", "--episodes=1", "--max_steps=8", "--rate=0")
+    assert "over 1 episodes" in out
+    out = run(repo, "train_vlm.py", "--task=reach", "--vqa_frames=8", "--eval_frames=4", "--max_iters=2",
+              "--batch_size=4", "--hidden_size=32", "--num_heads=2", "--cnn_width=8", "--max_answer_tokens=4")
+    assert "held-out answer accuracy" in out
+    run(repo, "train_gail.py", "--task=reach", "--out_dir=out/reach_gail", "--expert_episodes=2", "--bc_iters=5",
+        "--ppo_iters=1", "--steps_per_iter=32", "--minibatch_size=16", "--eval_episodes=1", "--eval_interval=0",
+        "--ppo_epochs=1", "--disc_steps=1")
+    assert json.load(open(repo / "out" / "reach_gail" / "gail_state.json"))["iter"] == 1
