@@ -146,7 +146,18 @@ class ManipulationEvaluator:
         return m
 
 
-_WORKER = {}  # a worker process's (checkpoint spec, policy, env), loaded at its first episode
+_WORKER = {}  # a worker process's policy (and evaluation env), loaded at its first episode, replaced by the next
+
+
+def worker_policy(spec):
+    """The policy that load_policy(**spec) builds, loaded once per process: a worker runs many episodes of one
+    checkpoint (a DAgger round's, or the one being evaluated), and a new checkpoint replaces the last one."""
+    key = repr(sorted(spec.items()))
+    if _WORKER.get('key') != key:
+        if 'env' in _WORKER:
+            _WORKER.pop('env').close()
+        _WORKER.update(key=key, policy=load_policy(**spec)[1])
+    return _WORKER['policy']
 
 
 def _episode_worker(args):
@@ -154,21 +165,16 @@ def _episode_worker(args):
     -> (episode dict, frames): frames only for the episodes that are recorded as videos."""
     import torch
     task, max_steps, spec, seed, record = args
-    key = repr((task, sorted(spec.items())))
-    if _WORKER.get('key') != key:
-        torch.set_num_threads(1)  # the workers share the cores: one thread each, no OpenMP spinning
-        if 'env' in _WORKER:
-            _WORKER['env'].close()
-        _WORKER.update(key=key, policy=load_policy(**spec)[1], env=envs.make_env(task))
+    torch.set_num_threads(1)  # the workers share the cores: one thread each, no OpenMP spinning
+    policy = worker_policy(dict(spec, task=task))
+    if 'env' not in _WORKER:
+        _WORKER['env'] = envs.make_env(task)
     evaluator = ManipulationEvaluator(task, n_episodes=1, start_seed=seed, max_steps=max_steps, progress=False)
-    return evaluator.run_episode(_WORKER['policy'], _WORKER['env'], seed, record)
+    return evaluator.run_episode(policy, _WORKER['env'], seed, record)
 
 
 # -----------------------------------------------------------------------------
 # DAgger's data (train_dagger.py): rollouts of a checkpoint's policy whose states the task's expert labels
-
-
-_POLICY = {}  # checkpoint folder -> its loaded policy: the current round's only, loaded once per (worker) process
 
 
 def _dagger_worker(args):
@@ -187,10 +193,8 @@ def _dagger_worker(args):
     import torch
     if threads:
         torch.set_num_threads(threads)
-    if ckpt not in _POLICY:  # a new round's checkpoint replaces the last one
-        _POLICY.clear()
-        _POLICY[ckpt] = load_policy(ckpt, task=task)[1]  # a multi-task policy: its entry for this task
-    policy, expert, env = _POLICY[ckpt], envs.make_expert(task, **(expert_kw or {})), envs.make_env(task)
+    policy = worker_policy(dict(ckpt_dir=ckpt, task=task))  # a multi-task policy: its entry for this task
+    expert, env = envs.make_expert(task, **(expert_kw or {})), envs.make_env(task)
     rng = np.random.default_rng(rng_seed)
     obs, _ = env.reset(seed=seed)
     policy.reset()

@@ -98,8 +98,6 @@ if not 1 <= n_action_steps <= action_chunk_size:
     raise SystemExit(f"n_action_steps={n_action_steps} must be in [1, action_chunk_size={action_chunk_size}]")
 if temporal_ensemble_coeff is not None and n_action_steps != 1:
     raise SystemExit("temporal ensembling re-plans every step: set --n_action_steps=1")
-if mixed_precision not in ('no', 'bf16', 'fp16'):
-    raise SystemExit(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {mixed_precision!r}")
 if use_depth:  # model.py can encode depth, but nothing here feeds it: refuse now instead of at the first forward pass
     raise SystemExit("use_depth=True: no dataset or simulator task here provides depth frames yet (train, eval and "
                      "deploy pass camera images and state only); leave use_depth=False")
@@ -273,10 +271,9 @@ def evaluate(n_episodes, start_seed, video_dir=None, workers=1):
     """Closed-loop success in the simulator; the global RNG is forked so evaluating does not
     change the training run's random stream (resumed runs stay identical). workers > 1: processes that each
     load the checkpoint last written to out_dir (the final test)."""
-    policy = VLAPolicy(eval_model, instruction=eval_instruction, n_action_steps=n_action_steps,
-                       temporal_ensemble_coeff=temporal_ensemble_coeff, image_keys=task_spec['image_keys'])
-    if workers > 1:
-        policy = dict(ckpt_dir=out_dir)
+    policy = dict(ckpt_dir=out_dir) if workers > 1 else VLAPolicy(
+        eval_model, instruction=eval_instruction, n_action_steps=n_action_steps,
+        temporal_ensemble_coeff=temporal_ensemble_coeff, image_keys=task_spec['image_keys'])
     evaluator = ManipulationEvaluator(task, n_episodes=n_episodes, start_seed=start_seed, max_steps=eval_max_steps,
                                       video_dir=video_dir, n_videos=2 if video_dir else 0)
     with torch.random.fork_rng(devices=[]):

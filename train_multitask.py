@@ -93,8 +93,6 @@ for name, value in (('datasets', datasets), ('task_weights', task_weights), ('in
         raise SystemExit(f"{name} has {len(value)} entries but there are {len(tasks)} tasks ({tasks}): give one per task")
 if task_weights and (min(task_weights) < 0 or sum(task_weights) <= 0):
     raise SystemExit(f"task_weights must be >= 0 with a positive sum, got {task_weights}")
-if mixed_precision not in ('no', 'bf16', 'fp16'):
-    raise SystemExit(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {mixed_precision!r}")
 if use_depth:  # model.py can encode depth, but nothing here feeds it: refuse now instead of at the first forward pass
     raise SystemExit("use_depth=True: no dataset or simulator task here provides depth frames yet (train, eval and "
                      "deploy pass camera images and state only); leave use_depth=False")
