@@ -142,7 +142,8 @@ _RANGES = {
         'minibatch_size', 'hidden_dim', 'curriculum_interval', 'image_size', 'episodes', 'threads', 'num_workers')},
     **{k: (lambda v: v >= 0, '>= 0') for k in (
         'bc_iters', 'ppo_iters', 'disc_steps', 'max_steps', 'eval_max_steps', 'videos', 'entropy_coef', 'value_coef',
-        'bc_coef', 'grad_penalty', 'rate', 'max_step_change')},
+        'bc_coef', 'grad_penalty', 'rate', 'max_step_change', 'inference_delay')},
+    'rtc_max_weight': (lambda v: 0 < v < float('inf'), 'a finite number > 0 (the paper uses 5)'),
     **{k: (lambda v: 0 <= v <= 1, 'in [0, 1]') for k in ('beta', 'beta_decay', 'gamma', 'gae_lambda')},
     'clip_eps': (lambda v: 0 < v < 1, 'in (0, 1), e.g. 0.2'),
     'disc_learning_rate': (lambda v: 0 < v < float('inf'), 'a finite number > 0'),

@@ -17,8 +17,14 @@ it: `torch.jit.load(path)` (or `torch.export.load(path).module()`) without this 
 A Hugging Face backbone cannot be scripted (dynamic Python inside), so we TRACE the per-step
 function ManipulationVLA.act for batch 1: the traced graph is exactly the ops one step runs.
 
-The control loop: observe -> policy (action chunks through a queue, or ACT temporal ensembling)
+The control loop: observe -> policy (policy.VLAPolicy: action chunks through a queue, ACT temporal ensembling)
 -> SafetyShield -> robot, paced to a fixed rate, with latency and missed-deadline statistics.
+With --async_inference the policy computes its next chunk in a thread while the robot executes the current one
+(the robot never waits for a slow model), and --chunk_join says how the two chunks meet:
+
+    python deploy.py run --policy=out/pusht_flow --async_inference=True --chunk_join=rtc     # real-time chunking
+    python deploy.py run --policy=out/pusht_flow --inference_delay=4 --chunk_join=switch     # a simulated 4-step delay
+
 This file imports no simulator unless --robot=sim: a robot computer needs torch, numpy and the repo.
 """
 import json
@@ -32,7 +38,7 @@ from collections import deque
 import numpy as np
 import torch
 
-import data  # frame -> model input (no simulator: deploy.py runs on a robot computer)
+from policy import VLAPolicy, describe_instruction, load_policy  # the execution logic eval.py runs too
 
 # -----------------------------------------------------------------------------
 # config (python deploy.py <export|run> --key=value)
@@ -53,6 +59,10 @@ start_seed = 200_000  # held-out seeds, the same as eval.py's test seeds
 max_steps = 0  # 0 = the task's step limit
 n_action_steps = 0  # 0 = the value stored at export
 temporal_ensemble_coeff = -1.0  # < 0 = the value stored at export
+chunk_join = ''  # how the next chunk joins the executing one: 'switch' | 'ensemble' | 'blend' | 'rtc' ('' = as trained)
+async_inference = False  # run the policy in a thread beside the loop: the robot keeps moving while it thinks
+inference_delay = 0  # a new chunk is used no earlier than this many steps after its observation (simulated latency)
+rtc_max_weight = 5.0  # real-time chunking's guidance clip beta (Black et al. 2025 use 5)
 max_step_change = 0.0  # shield: max change of the command per control step (raw units; 0 = the task's, tasks.py)
 watchdog_timeout = 1.0  # shield: seconds after which an observation counts as stale
 threads = 1  # torch threads: batch 1 gains little from more, and they stall when another process shares the CPU
@@ -60,150 +70,6 @@ _task_presets = False  # --task names the simulator here, it does not load confi
 # -----------------------------------------------------------------------------
 log = logging.getLogger('nanovla.deploy')
 META_FILE = 'nanovla.json'  # metadata stored inside the exported file
-
-
-# -----------------------------------------------------------------------------
-# the policy: model + action chunking, as eval.py and the robot run it
-
-
-class VLAPolicy:
-    """A trained ManipulationVLA as a closed-loop controller.
-
-    Action chunking (Zhao et al. 2023, ACT): the model predicts `chunk` future actions from one
-    observation; we execute the first n_action_steps open loop, then observe and predict again.
-    With temporal_ensemble_coeff w (and n_action_steps=1) every step re-predicts and the action
-    for time t averages all chunks that cover t with weights exp(-w * i), i=0 the oldest, which
-    smooths the motion at the cost of one forward pass per step.
-    Observation history: every step's frame enters a queue of the model's n_obs_steps last frames
-    (the first frame of an episode fills it, as the dataset pads), even while actions come from the
-    queue, so a prediction always sees the steps t-n+1..t, as in training.
-    """
-
-    raise_on_nonfinite = True
-
-    def __init__(self, model, instruction, n_action_steps, temporal_ensemble_coeff=None,
-                 image_keys=('observation.image',), state_key='observation.state', task_index=None):
-        if temporal_ensemble_coeff is not None and n_action_steps != 1:
-            raise ValueError("temporal ensembling predicts every step: use n_action_steps=1")
-        self.model, self.instruction, self.n_action_steps = model, instruction, n_action_steps
-        self.ensemble_coeff, self.image_keys, self.state_key = temporal_ensemble_coeff, list(image_keys), state_key
-        self.task_index = task_index  # which of a multi-task model's tasks (its statistics, head, action dims)
-        cfg = getattr(model, 'config', None)
-        self.n_obs_steps = getattr(cfg, 'n_obs_steps', 1)
-        self.image_hw = cfg.image_hw if cfg is not None else None
-        self.device = next(model.parameters()).device
-        self.text = None
-        self.reset()
-
-    def reset(self):
-        """New episode: forget queued actions and observations; the instruction's text features are computed once."""
-        self.queue = deque()
-        self.history = deque(maxlen=self.n_obs_steps)
-        self.chunks = []  # temporal ensembling: (step the chunk was predicted at, (chunk, A) array)
-        self.t = 0
-        if self.text is None:
-            with torch.no_grad():
-                self.text = self.model.encode_instruction([self.instruction])
-
-    def observe(self, frame):
-        """Add one frame to the observation history -> (images, proprio) of the last n_obs_steps, batch of 1:
-        (1, cams, 3, H, W) and (1, P), or (1, n_obs, cams, 3, H, W) and (1, n_obs, P)."""
-        sample = data.frame_to_model_input(frame, self.image_keys, self.state_key, image_hw=self.image_hw)
-        while len(self.history) < self.n_obs_steps - 1:
-            self.history.append(sample)
-        self.history.append(sample)
-        if self.n_obs_steps == 1:
-            return sample['images'][None], sample['proprio'][None]
-        return (torch.stack([s['images'] for s in self.history])[None],
-                torch.stack([s['proprio'] for s in self.history])[None])
-
-    @torch.no_grad()
-    def predict_chunk(self, images, proprio):
-        batch = {'images': images.to(self.device), 'proprio': proprio.to(self.device), 'instruction': [self.instruction]}
-        if self.task_index is not None:
-            batch['task_index'] = self.task_index
-        return self.model.predict_action(batch, instruction_cache=self.text)[0].float().cpu().numpy()
-
-    def _chunk(self, obs):
-        """Predict a chunk; NaN/inf stops an evaluation, while on a robot (deploy.py sets
-        raise_on_nonfinite=False) it flows on to the safety shield, which holds and counts it."""
-        chunk = self.predict_chunk(*obs)
-        if self.raise_on_nonfinite and not np.isfinite(chunk).all():
-            raise RuntimeError("the policy predicted NaN/inf actions: the checkpoint is broken (training diverged?)")
-        return chunk
-
-    def __call__(self, frame, env=None):
-        """frame: {image key: uint8 (H, W, 3), state key: (D,)} -> action (A,) in raw units."""
-        obs = self.observe(frame)
-        if self.ensemble_coeff is not None:
-            self.chunks.append((self.t, self._chunk(obs)))
-            self.chunks = [(t0, c) for t0, c in self.chunks if self.t - t0 < len(c)]
-            acts = np.stack([c[self.t - t0] for t0, c in self.chunks])  # oldest first
-            w = np.exp(-self.ensemble_coeff * np.arange(len(acts)))
-            action = (w[:, None] * acts).sum(0) / w.sum()
-        else:
-            if not self.queue:
-                self.queue.extend(self._chunk(obs)[:self.n_action_steps])
-            action = self.queue.popleft()
-        self.t += 1
-        return action
-
-
-SIMILARITY_ENCODER = 'minilm'  # all-MiniLM-L6-v2, trained for sentence similarity: what instruction_check measures with
-
-
-def instruction_check(model, instruction, trained, min_cosine):
-    """How close `instruction` is to the ones the policy was trained on -> dict(instruction, nearest_trained,
-    cosine, familiar). The cosine is all-MiniLM-L6-v2's, a model trained for sentence similarity, whatever the
-    policy reads with: SmolLM2's prompt vectors put an empty instruction (0.96) nearer the trained ones than
-    their paraphrases (0.95; RESULTS.md). A byte-level LM trained from scratch (no text_encoder) has no notion
-    of paraphrase: only its exact training instructions are familiar to it."""
-    if instruction in trained:
-        return dict(instruction=instruction, nearest_trained=instruction, cosine=1.0, familiar=True)
-    if not model.config.text_encoder:
-        return dict(instruction=instruction, nearest_trained=None, cosine=None, familiar=False)
-    from model import sentence_encoder
-    e = sentence_encoder(SIMILARITY_ENCODER)([instruction] + list(trained))
-    cos = e[1:] @ e[0]
-    return dict(instruction=instruction, nearest_trained=trained[int(cos.argmax())], cosine=float(cos.max()),
-                familiar=float(cos.max()) >= min_cosine)
-
-
-def describe_instruction(check):
-    """The line eval.py and deploy.py print about the instruction a policy runs under."""
-    if check['instruction'] == check['nearest_trained']:
-        return f"instruction {check['instruction']!r}: one the policy was trained on"
-    if check['cosine'] is None:
-        return (f"instruction {check['instruction']!r} is UNFAMILIAR: not one the policy was trained on, and its "
-                f"byte-level LM (no text_encoder) has no notion of paraphrase")
-    return (f"instruction {check['instruction']!r} is {'near' if check['familiar'] else 'FAR from'} the trained ones: "
-            f"nearest {check['nearest_trained']!r}, cosine {check['cosine']:.3f} ({SIMILARITY_ENCODER})")
-
-
-def load_policy(ckpt_dir, device='cpu', n_action_steps=0, temporal_ensemble_coeff=-1.0, task='', instruction='',
-                min_instruction_cosine=0.4):
-    """A checkpoint folder -> (settings dict, VLAPolicy). Loads weights, not code: model.safetensors and
-    config.json, with this repository's model code. config.json's `policy` says which tasks, instructions,
-    cameras and how many actions of a chunk to execute; `task` picks one of a multi-task checkpoint's tasks;
-    `instruction` ('' = the stored one) conditions the policy on other words, checked by instruction_check.
-    settings = the task's entry + n_action_steps + temporal_ensemble_coeff (as stored) + instruction_check."""
-    from model import ManipulationVLA, policy_task
-    if not os.path.exists(os.path.join(ckpt_dir, 'config.json')):
-        raise FileNotFoundError(f"{ckpt_dir}/config.json is missing: pass a checkpoint folder written by a "
-                                f"train_*.py script (e.g. out/pusht or out/pusht/best)")
-    model = ManipulationVLA.from_pretrained(ckpt_dir).to(device).eval()
-    i, entry = policy_task(model.policy_info, task, ckpt_dir)
-    info = model.policy_info
-    text = instruction or entry['instruction']
-    check = instruction_check(model, text, entry['instructions'], min_instruction_cosine)
-    settings = dict(entry, instruction=text, instruction_check=check,
-                    n_action_steps=n_action_steps or info['n_action_steps'],
-                    temporal_ensemble_coeff=info.get('temporal_ensemble_coeff') if temporal_ensemble_coeff < 0
-                    else temporal_ensemble_coeff)
-    pol = VLAPolicy(model, text, settings['n_action_steps'], settings['temporal_ensemble_coeff'],
-                    image_keys=entry['image_keys'], state_key=entry['state_key'],
-                    task_index=i if model.config.num_tasks > 1 else None)
-    return settings, pol
 
 
 # -----------------------------------------------------------------------------
@@ -462,24 +328,18 @@ class SafetyShield:
 
 
 class ExportedPolicy(VLAPolicy):
-    """An exported step function behind eval.VLAPolicy's execution logic (action queue or ACT
-    temporal ensembling): only predict_chunk differs, and it needs no model code."""
+    """An exported step function behind VLAPolicy's execution logic (chunk schedule, joins, the inference thread):
+    only predict_chunk differs, and it needs no model code (so no real-time chunking: its sampler is sealed)."""
 
-    def __init__(self, module, meta, n_action_steps=0, temporal_ensemble_coeff=-1.0):
+    def __init__(self, module, meta, n_action_steps=0, temporal_ensemble_coeff=-1.0, chunk_join='', inference_delay=0,
+                 threaded=False):
         self.module, self.meta = module, meta
         coeff = meta.get('temporal_ensemble_coeff') if temporal_ensemble_coeff < 0 else temporal_ensemble_coeff
-        self.n_action_steps = n_action_steps or meta['n_action_steps']
-        if coeff is not None and self.n_action_steps != 1:
-            raise ValueError("temporal ensembling predicts every step: use --n_action_steps=1")
-        self.ensemble_coeff = coeff
         self.image_keys, self.state_key = meta['image_keys'], meta['state_key']
         self.n_obs_steps = meta.get('n_obs_steps', 1)
         self.image_hw = tuple(meta['image_hw']) if meta.get('image_hw') else None  # frames are resized to it
-        self.reset()
-
-    def reset(self):
-        self.queue, self.chunks, self.t = deque(), [], 0
-        self.history = deque(maxlen=self.n_obs_steps)
+        self.configure_execution(n_action_steps or meta['n_action_steps'], coeff, chunk_join, inference_delay,
+                                 threaded, meta.get('chunk_size'), can_guide=False)  # older files: no chunk_size, unchecked
 
     @torch.no_grad()
     def predict_chunk(self, images, proprio):
@@ -487,10 +347,12 @@ class ExportedPolicy(VLAPolicy):
 
 
 def control_loop(policy, robot, shield, rate, max_steps, hold=None):
-    """Run one episode at a fixed rate. -> dict(steps, success, latency p50/p99 ms, missed deadlines).
+    """Run one episode at a fixed rate. -> dict(steps, success, latency p50/p99 ms, missed deadlines, chunk delays).
     Latency = observe + policy + shield (what must fit in the period); the robot's own step is not counted.
     hold: the robot's current command, the shield's first reference (None: the state, for tasks whose
-    state is the commanded position). A NaN from the policy reaches the shield, which holds and counts it."""
+    state is the commanded position). A NaN from the policy, or no action (an asynchronous plan that ran out),
+    reaches the shield, which holds and counts it; a policy that raises (its inference thread crashed) trips the
+    shield's stop: the robot holds, the loop ends and reports why."""
     period = 1.0 / rate if rate > 0 else 0.0
     latencies, missed, steps = [], 0, 0
     first = robot.get_observation()
@@ -500,24 +362,34 @@ def control_loop(policy, robot, shield, rate, max_steps, hold=None):
     policy.raise_on_nonfinite = False
     shield.reset(hold=first[policy.state_key][:robot.action_dim] if hold is None else hold)
     deadline = time.perf_counter()
-    for steps in range(1, max_steps + 1):
-        t0 = time.perf_counter()
-        obs = robot.get_observation()
-        command = shield.filter(policy(obs), obs)
-        latencies.append(time.perf_counter() - t0)
-        robot.send_action(command)
-        if shield.stopped or getattr(robot, 'done', False):
-            break
-        if period:
-            deadline += period
-            slack = deadline - time.perf_counter()
-            if slack < 0:
-                missed, deadline = missed + 1, time.perf_counter()  # late: start the next period now
-            else:
-                time.sleep(slack)
+    try:
+        for steps in range(1, max_steps + 1):
+            t0 = time.perf_counter()
+            obs = robot.get_observation()
+            try:
+                action = policy(obs)
+            except Exception as e:  # fail closed: a policy that cannot act stops the robot, and the report says why
+                log.exception("the policy raised: stopping the robot")
+                shield.emergency_stop(f"policy error: {type(e).__name__}: {e}")
+                action = None
+            command = shield.filter(action, obs)
+            latencies.append(time.perf_counter() - t0)
+            robot.send_action(command)
+            if shield.stopped or getattr(robot, 'done', False):
+                break
+            if period:
+                deadline += period
+                slack = deadline - time.perf_counter()
+                if slack < 0:
+                    missed, deadline = missed + 1, time.perf_counter()  # late: start the next period now
+                else:
+                    time.sleep(slack)
+    finally:
+        policy.close()  # no inference thread outlives the episode
     ms = np.array(latencies) * 1e3
     return dict(steps=steps, success=bool(getattr(robot, 'success', False)), stopped=shield.stop_reason,
-                p50_ms=float(np.percentile(ms, 50)), p99_ms=float(np.percentile(ms, 99)), missed_deadlines=missed)
+                p50_ms=float(np.percentile(ms, 50)), p99_ms=float(np.percentile(ms, 99)), missed_deadlines=missed,
+                **policy.execution_stats())
 
 
 def make_shield(task_name, action_dim):
@@ -538,7 +410,9 @@ def load_runnable(path):
     if os.path.isdir(path):
         try:
             tc, pol = load_policy(path, n_action_steps=n_action_steps, temporal_ensemble_coeff=temporal_ensemble_coeff,
-                                  task=task, instruction=instruction, min_instruction_cosine=min_instruction_cosine)
+                                  task=task, instruction=instruction, min_instruction_cosine=min_instruction_cosine,
+                                  chunk_join=chunk_join, inference_delay=inference_delay, threaded=async_inference,
+                                  rtc_max_weight=rtc_max_weight)
         except ValueError as e:
             raise SystemExit(str(e)) from e
         return pol, tc
@@ -550,7 +424,11 @@ def load_runnable(path):
                          f"checkpoint folder instead (model.safetensors + JSON: weights only, run with this repo's "
                          f"model code), or, for a file you exported yourself and kept safe, --trust_exported_code=True")
     module, meta = load_exported(path)
-    return ExportedPolicy(module, meta, n_action_steps, temporal_ensemble_coeff), meta
+    try:
+        return ExportedPolicy(module, meta, n_action_steps, temporal_ensemble_coeff, chunk_join, inference_delay,
+                              async_inference), meta
+    except ValueError as e:
+        raise SystemExit(f"{path}: {e}") from e
 
 
 def run_main():
@@ -589,7 +467,9 @@ def run_main():
             results.append(r)
             print(f"seed {seed}: {'success' if r['success'] else 'fail'} in {r['steps']} steps, "
                   f"latency p50 {r['p50_ms']:.2f} ms p99 {r['p99_ms']:.2f} ms, missed {r['missed_deadlines']}, "
-                  f"shield {shield.counts}", flush=True)
+                  f"chunk delay mean {r['mean_chunk_delay']:.1f} max {r['max_chunk_delay']} steps, "
+                  f"starved {r['starved_steps']}, shield {shield.counts}"
+                  + (f", stopped: {r['stopped']}" if r['stopped'] else ''), flush=True)
     except KeyboardInterrupt:
         print("\nstopped by Ctrl-C; the robot was closed")
     if results:

@@ -6,6 +6,7 @@ Closed-loop evaluation: run a policy in the real simulator and measure how often
     python eval.py --ckpt=out/aloha_transfer_cube --episodes=200 --num_workers=2   # episodes in 2 processes
     python eval.py --policy=expert --task=pusht --episodes=100
     python eval.py --ckpt=out/lang/minilm/policy --instruction="head west of the block"   # words it was not trained on
+    python eval.py --ckpt=out/pusht_flow --inference_delay=4 --chunk_join=rtc   # a 4-step inference latency, RTC
 
 Offline metrics (action MSE on held-out demos) say little about control: small errors compound
 as the policy drifts into states the demonstrations never visited (Ross et al. 2011). So the
@@ -22,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 import envs
-from deploy import VLAPolicy, describe_instruction, load_policy  # noqa: F401  (the execution logic a robot runs; re-exported)
+from policy import VLAPolicy, describe_instruction, load_policy  # noqa: F401  (the execution logic a robot runs; re-exported)
 
 # -----------------------------------------------------------------------------
 # command-line config (python eval.py --key=value); unused when eval.py is imported
@@ -36,6 +37,9 @@ start_seed = envs.TEST_SEED  # held-out seeds
 max_steps = 0  # 0 = the task's step limit
 n_action_steps = 0  # 0 = the checkpoint's value
 temporal_ensemble_coeff = -1.0  # < 0 = the checkpoint's value; set >= 0 with n_action_steps=1 for ACT ensembling
+chunk_join = ''  # how a new chunk joins the executing one: 'switch' | 'ensemble' | 'blend' | 'rtc' ('' = as trained)
+inference_delay = 0  # simulated latency: a chunk is used from this many steps after its observation (policy.VLAPolicy)
+rtc_max_weight = 5.0  # real-time chunking's guidance clip beta (Black et al. 2025 use 5)
 videos = 2  # episodes to save as mp4 in <ckpt>/videos
 num_workers = 1  # processes that run episodes in parallel (one torch thread each; a checkpoint's policy only)
 out = ''  # metrics JSON path ('' = <ckpt>/eval.json, or out/eval_expert_<task>.json)
@@ -57,6 +61,21 @@ class ExpertPolicy:
         return self.expert.get_action(env)
 
 
+def command_smoothness(actions, spec):
+    """How the command moves (raw units): smoothness = mean |a_t+1 - a_t| (a step's change), jerk = mean
+    |a_t+3 - 3 a_t+2 + 3 a_t+1 - a_t| (the third difference: a switch between disagreeing chunks is a spike of it),
+    and the steps the deploy shield would rate-limit: an absolute dim's change, a delta dim's value, over the task's
+    max_step_change (tasks.py)."""
+    def mean_norm(x):
+        return float(np.linalg.norm(x, axis=-1).mean()) if len(x) else 0.0
+    mode = spec.get('action_mode', 'absolute')
+    delta = np.array([mode == 'delta'] * actions.shape[1] if isinstance(mode, str) else [m == 'delta' for m in mode])
+    step = np.where(delta, actions[1:], np.diff(actions, axis=0))
+    limited = int((np.abs(step) > spec['max_step_change']).any(-1).sum())
+    return dict(smoothness=mean_norm(np.diff(actions, axis=0)), jerk=mean_norm(np.diff(actions, n=3, axis=0)),
+                rate_limited_steps=limited)
+
+
 class ManipulationEvaluator:
     """Roll a policy out for n_episodes on seeds start_seed, start_seed+1, ... and aggregate metrics."""
 
@@ -75,7 +94,10 @@ class ManipulationEvaluator:
         for t in range(self.max_steps):
             if record:
                 frames.append(env.render())
-            action = np.asarray(policy(envs.obs_to_frame(self.task, obs), env), dtype=np.float32)
+            action = policy(envs.obs_to_frame(self.task, obs), env)
+            if action is None:
+                raise RuntimeError("the policy returned no action: its chunks ran out before the next one arrived")
+            action = np.asarray(action, dtype=np.float32)
             actions.append(action)
             obs, reward, terminated, truncated, info = env.step(action)
             max_reward = max(max_reward, float(reward))
@@ -88,8 +110,8 @@ class ManipulationEvaluator:
             frames.append(env.render())
         actions = np.stack(actions)
         ep = dict(seed=seed, success=success_step is not None, steps=len(actions), max_reward=max_reward,
-                  # smoothness: mean change of the commanded action per step (raw units), lower is smoother
-                  smoothness=float(np.linalg.norm(np.diff(actions, axis=0), axis=-1).mean()) if len(actions) > 1 else 0.0,
+                  **command_smoothness(actions, envs.TASKS[self.task]),
+                  **(policy.execution_stats() if hasattr(policy, 'execution_stats') else {}),
                   **envs.episode_metrics(self.task, env))  # PushT: the block's pose error
         return ep, frames
 
@@ -134,6 +156,8 @@ class ManipulationEvaluator:
                  avg_max_reward=float(np.mean([r['max_reward'] for r in results])),
                  avg_completion_steps=float(np.mean([r['steps'] for r in ok])) if ok else None,
                  avg_smoothness=float(np.mean([r['smoothness'] for r in results])),
+                 avg_jerk=float(np.mean([r['jerk'] for r in results])),
+                 avg_rate_limited_steps=float(np.mean([r['rate_limited_steps'] for r in results])),
                  seconds=seconds)
         stages = envs.TASKS[self.task].get('reward_stages')
         if stages:  # stage k = the episode's best reward was k
@@ -286,16 +310,16 @@ if __name__ == '__main__':
     if policy == 'vla':
         if not ckpt:
             raise SystemExit("pass --ckpt=<folder written by train_bc.py> (or --policy=expert --task=pusht)")
+        kw = dict(device=device, n_action_steps=n_action_steps, temporal_ensemble_coeff=temporal_ensemble_coeff,
+                  task=task, instruction=instruction, min_instruction_cosine=min_instruction_cosine,
+                  chunk_join=chunk_join, inference_delay=inference_delay, rtc_max_weight=rtc_max_weight)
         try:  # --task picks one task of a multi-task checkpoint
-            settings, pol = load_policy(ckpt, device, n_action_steps, temporal_ensemble_coeff, task, instruction,
-                                        min_instruction_cosine)
+            settings, pol = load_policy(ckpt, **kw)
         except ValueError as e:
             raise SystemExit(str(e)) from e
         task, check = settings['task'], settings['instruction_check']
         if num_workers > 1:  # each worker loads the checkpoint itself
-            pol = dict(ckpt_dir=ckpt, device=device, n_action_steps=n_action_steps,
-                       temporal_ensemble_coeff=temporal_ensemble_coeff, task=task, instruction=instruction,
-                       min_instruction_cosine=min_instruction_cosine)
+            pol = dict(ckpt_dir=ckpt, **dict(kw, task=task))
         print(describe_instruction(check))
         out = out or os.path.join(ckpt, 'eval.json')
         video_dir = os.path.join(ckpt, 'videos')

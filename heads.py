@@ -285,15 +285,18 @@ class DiffusionActionHead(nn.Module):
         goal = noise if self.prediction == "epsilon" else target
         return dict(loss=masked_mean((pred - goal) ** 2, mask))
 
-    def predict_x0_eps(self, x, t, c):
-        """Network output at step t -> (a_0_hat clipped to [-1, 1], the eps consistent with it)."""
+    def predict_x0_eps(self, x, t, c, clip=True):
+        """Network output at step t -> (a_0_hat clipped to [-1, 1], the eps consistent with it). clip=False for
+        guidance, whose gradient a clipped a_0_hat would cut."""
         ab = self.alpha_bar[t]
         out = self.net(x, torch.full((x.shape[0],), t, device=x.device), c)
         x0 = (x - (1 - ab).sqrt() * out) / ab.sqrt() if self.prediction == "epsilon" else out
-        x0 = x0.clamp(-1, 1)  # actions live in [-1, 1]; clipping a_0_hat stabilizes early, noisy steps
+        if clip:
+            x0 = x0.clamp(-1, 1)  # actions live in [-1, 1]; clipping a_0_hat stabilizes early, noisy steps
         return x0, (x - ab.sqrt() * x0) / (1 - ab).sqrt()
 
-    def forward(self, cond, noise=None, sampler=None, num_inference_steps=None):
+    def forward(self, cond, noise=None, sampler=None, num_inference_steps=None, guide=None):
+        """guide: real-time chunking's target for the chunk's first steps (see rtc_guided_estimate), or None."""
         sampler = sampler or self.sampler
         k = num_inference_steps or self.num_inference_steps
         c = cond.flatten(1)
@@ -301,8 +304,15 @@ class DiffusionActionHead(nn.Module):
                                                           device=cond.device, dtype=cond.dtype)
         steps = torch.linspace(self.num_train_steps - 1, 0, k).round().long().tolist()  # e.g. 99, 88, ..., 0
         for i, t in enumerate(steps):
-            x0, eps = self.predict_x0_eps(x, t, c)
             ab_t = self.alpha_bar[t]
+            if guide is None:
+                x0, eps = self.predict_x0_eps(x, t, c)
+            else:  # the same guidance as the flow head's, in its coordinates: x_t / (sqrt(ab) + sqrt(1-ab)) is
+                # tau a + (1 - tau) eps with tau = sqrt(ab) / (sqrt(ab) + sqrt(1-ab))
+                scale = ab_t.sqrt() + (1 - ab_t).sqrt()
+                x0 = rtc_guided_estimate(lambda z: self.predict_x0_eps(z * scale, t, c, clip=False)[0], x / scale,
+                                         float(ab_t.sqrt() / scale), guide).clamp(-1, 1)
+                eps = (x - ab_t.sqrt() * x0) / (1 - ab_t).sqrt()
             ab_s = self.alpha_bar[steps[i + 1]] if i + 1 < len(steps) else torch.ones_like(ab_t)
             if sampler == "ddim":
                 x = ab_s.sqrt() * x0 + (1 - ab_s).sqrt() * eps
@@ -334,15 +344,39 @@ class FlowMatchingActionHead(nn.Module):
         v = self.net(x, tau * self.TIME_SCALE, cond.flatten(1))
         return dict(loss=masked_mean((v - (target - noise)) ** 2, mask))
 
-    def forward(self, cond, noise=None, num_steps=None):
+    def forward(self, cond, noise=None, num_steps=None, guide=None):
+        """guide: real-time chunking's target for the chunk's first steps (see rtc_guided_estimate), or None."""
         n = num_steps or self.num_steps
         c = cond.flatten(1)
         x = noise if noise is not None else torch.randn(cond.shape[0], self.chunk_size, self.action_dim,
                                                           device=cond.device, dtype=cond.dtype)
         for i in range(n):  # Euler: x <- x + dtau * v(x, tau)
-            tau = torch.full((x.shape[0],), i / n, device=x.device)
-            x = x + self.net(x, tau * self.TIME_SCALE, c) / n
+            tau = i / n
+            t = torch.full((x.shape[0],), tau, device=x.device) * self.TIME_SCALE
+            if guide is None:
+                x = x + self.net(x, t, c) / n
+            else:  # the guided clean estimate a1 = x + (1 - tau) v sets the velocity: v = (a1 - x) / (1 - tau)
+                a1 = rtc_guided_estimate(lambda z: z + (1 - tau) * self.net(z, t, c), x, tau, guide)
+                x = x + (a1 - x) / (1 - tau) / n
         return dict(action=x.clamp(-1, 1))
+
+
+def rtc_guided_estimate(estimate, x, tau, guide):
+    """Real-time chunking (Black et al. 2025, "Real-Time Execution of Action Chunking Flow Policies", Alg. 1):
+    while the robot executes the previous chunk's next steps, the new chunk is sampled to agree with them.
+    estimate(x) is the sampler's clean chunk a1 from the noisy chunk x at flow time tau (0 = noise, 1 = data).
+    The error to guide['target'] on the steps that guide['weights'] (B, T, A) marks (1 on the frozen steps that
+    execute during inference, decaying over the rest of the overlap, 0 after) pulls a1 through the sampler's
+    Jacobian (pseudo-inverse guidance, PiGDM, Song et al. 2023): a1 + (1 - tau) w J^T e, the weight w clipped at
+    guide['max_weight'] (the paper's beta = 5) where tau -> 0 would make it infinite. -> guided a1 (no grad)."""
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        a1 = estimate(x)
+        err = (guide['target'] - a1) * guide['weights']
+        grad, = torch.autograd.grad(a1, x, err)
+    r2 = (1 - tau) ** 2 / (tau ** 2 + (1 - tau) ** 2)  # the variance of a1 around the data, for straight paths
+    w = guide['max_weight'] if tau == 0 else min(guide['max_weight'], (1 - tau) / (tau * r2))
+    return (a1 + (1 - tau) * w * grad).detach()
 
 
 class TransformerActionHead(nn.Module):

@@ -762,22 +762,42 @@ class ManipulationVLA(nn.Module):
         out = self.head_for(ti).compute_loss(cond, target, mask)
         return {k: v if k == "loss" else float(v) for k, v in out.items()}
 
-    def act(self, images, proprio, text_embeds, text_mask, depth=None, task_index=None):
+    def act(self, images, proprio, text_embeds, text_mask, depth=None, task_index=None, guide=None):
         """Per-step inference as a pure tensor function (what deploy.py traces) -> RAW actions (B, T, A),
-        padded dims included. Normalized predictions are clipped to [-1, 1], the range of the demonstrations."""
+        padded dims included. Normalized predictions are clipped to [-1, 1], the range of the demonstrations.
+        guide: real-time chunking's dict(target=RAW actions (B, L, A_task) the chunk's first L steps should
+        agree with, weights=(L,), max_weight=the guidance's clip) for a diffusion or flow head (policy.VLAPolicy,
+        chunk_join='rtc')."""
         cond = self.features(images, proprio, text_embeds, text_mask, depth, task_index)
-        a = self.head_for(task_index)(cond)["action"] + self.action_origin(proprio, task_index)
-        return self.unnormalize_action(a.clamp(-1, 1), task_index)
+        origin, head = self.action_origin(proprio, task_index), self.head_for(task_index)
+        if guide is None:
+            a = head(cond)["action"]
+        elif isinstance(head, (DiffusionActionHead, FlowMatchingActionHead)):
+            a = head(cond, guide=self.head_space_guide(guide, origin, task_index))["action"]
+        else:
+            raise ValueError(f"real-time chunking steers a diffusion or flow sampler; the {self.config.action_head_type!r} "
+                             f"head has none: use chunk_join='blend' (or 'switch' / 'ensemble')")
+        return self.unnormalize_action((a + origin).clamp(-1, 1), task_index)
+
+    def head_space_guide(self, guide, origin, task_index=None):
+        """RTC's raw target -> the head's space (normalized, minus the origin of relative actions), zero-padded to
+        the chunk, with (B, T, A) weights: 0 past the target's steps and on a multi-task model's padded dims."""
+        target = self.normalize_action(guide["target"].float(), task_index) - origin
+        B, L, A = target.shape
+        T = self.config.action_chunk_size
+        w = torch.zeros(B, T, A, device=target.device)
+        w[:, :L, :guide["target"].shape[-1]] = torch.as_tensor(guide["weights"], dtype=w.dtype, device=w.device)[:, None]
+        return dict(target=F.pad(target, (0, 0, 0, T - L)), weights=w, max_weight=guide["max_weight"])
 
     @torch.no_grad()
-    def predict_action(self, batch, instruction_cache=None):
+    def predict_action(self, batch, instruction_cache=None, guide=None):
         """batch (no action needed) -> RAW action chunk (B, T, A_task). Pass instruction_cache from
         encode_instruction to skip re-tokenizing the same instruction every step; batch["task_index"] (an
-        int) picks the task, whose own action dims come back."""
+        int) picks the task, whose own action dims come back. guide: see act."""
         cache = instruction_cache or self.encode_instruction(batch["instruction"])
         ti = batch.get("task_index")
         a = self.act(batch["images"], batch.get("proprio"), cache["text_embeds"], cache["text_mask"],
-                     batch.get("depth"), ti)
+                     batch.get("depth"), ti, guide)
         return a[..., :int(self.task_action_dim[ti or 0])] if not torch.is_tensor(ti) else a
 
     # ------------------------------------------------------------------------- checkpoints

@@ -282,12 +282,6 @@ def evaluate(n_episodes, start_seed, video_dir=None, workers=1):
     return metrics
 
 
-def log(record):
-    if master_process:
-        with open(log_path, 'a') as f:
-            f.write(json.dumps(record) + '\n')
-
-
 # -----------------------------------------------------------------------------
 # training loop
 batches = batches_from(iter_num)
@@ -324,14 +318,16 @@ for it in pbar:
         train_common.update_ema(ema_model, raw_model, ema_decay)
     pbar.set_postfix(loss=f'{loss_sum:.4f}', lr=f'{lr:.2e}')
     step = it + 1
-    if step % log_interval == 0 or step == max_iters:
-        log(dict(iter=step, loss=loss_sum, lr=lr, grad_norm=grad_norm, time=time.time() - t_start))
+    if master_process and (step % log_interval == 0 or step == max_iters):
+        train_common.append_log(log_path, dict(iter=step, loss=loss_sum, lr=lr, grad_norm=grad_norm,
+                                               time=time.time() - t_start))
     if master_process and eval_interval > 0 and step % eval_interval == 0 and step < max_iters:
         t_eval = time.time()
         m = evaluate(eval_episodes, start_seed=envs.VAL_SEED)  # validation seeds, not the test seeds
         eval_seconds += time.time() - t_eval
-        log(dict(iter=step, eval_success=m['success_rate'], eval_max_reward=m['avg_max_reward'],
-                 time=time.time() - t_start, train_time=time.time() - t_start - eval_seconds))
+        train_common.append_log(log_path, dict(iter=step, eval_success=m['success_rate'],
+                                               eval_max_reward=m['avg_max_reward'], time=time.time() - t_start,
+                                               train_time=time.time() - t_start - eval_seconds))
         pbar.write(f"iter {step}: validation success {m['success_rate']:.2f} over {eval_episodes} episodes")
         if m['success_rate'] > best_success:
             best_success = m['success_rate']
@@ -354,8 +350,9 @@ if master_process:
         m = evaluate(final_eval_episodes, start_seed=envs.TEST_SEED, video_dir=os.path.join(out_dir, 'videos'),
                      workers=eval_workers)  # the checkpoint just written at max_iters
         train_common.write_json(os.path.join(out_dir, 'eval.json'), m)
-        log(dict(iter=max_iters, test_success=m['success_rate'], test_max_reward=m['avg_max_reward'],
-                 time=time.time() - t_start, train_time=train_seconds))
+        train_common.append_log(log_path, dict(iter=max_iters, test_success=m['success_rate'],
+                                               test_max_reward=m['avg_max_reward'], time=time.time() - t_start,
+                                               train_time=train_seconds))
         summary = (f"success {m['success_rate']:.2f} over {final_eval_episodes} held-out episodes "
                    f"(avg max reward {m['avg_max_reward']:.3f})")
     else:

@@ -251,6 +251,12 @@ def check_ddp_identical(model, device, world_size):
         raise SystemExit("DDP: parameters differ across ranks after training")
 
 
+def append_log(log_path, record):
+    """One JSON line per record (log.jsonl, what the plots read): a crash mid-run leaves every earlier line whole."""
+    with open(log_path, 'a') as f:
+        f.write(json.dumps(record) + '\n')
+
+
 def truncate_log(log_path, step):
     """After a resume from `step`: drop what an interrupted run logged past it, so log.jsonl holds every
     iteration once (records carry 'iter')."""

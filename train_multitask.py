@@ -21,7 +21,6 @@ k * curriculum_interval, after which sampling follows task_weights over the task
 The checkpoint is the one format every stage writes: eval.py --ckpt=out/multitask --task=pusht runs a task.
 """
 import copy
-import json
 import os
 import time
 
@@ -262,12 +261,6 @@ def evaluate(n_episodes, start_seed):
     return results
 
 
-def log(record):
-    if master_process:
-        with open(log_path, 'a') as f:
-            f.write(json.dumps(record) + '\n')
-
-
 # -----------------------------------------------------------------------------
 # training loop
 pbar = tqdm(range(iter_num, max_iters), initial=iter_num, total=max_iters, desc='multitask', dynamic_ncols=True,
@@ -296,13 +289,15 @@ for it in pbar:
         train_common.update_ema(ema_model, raw_model, ema_decay)
     pbar.set_postfix(loss=f'{loss_sum:.4f}', tasks=active_tasks(it))
     step = it + 1
-    if step % log_interval == 0 or step == max_iters:
-        log(dict(iter=step, loss=loss_sum, task_loss=losses, lr=lr, grad_norm=grad_norm, active_tasks=active_tasks(it),
-                 samples_seen=dict(zip(labels, samples_seen.tolist())), time=time.time() - t_start))
+    if master_process and (step % log_interval == 0 or step == max_iters):
+        train_common.append_log(log_path, dict(iter=step, loss=loss_sum, task_loss=losses, lr=lr, grad_norm=grad_norm,
+                                               active_tasks=active_tasks(it), time=time.time() - t_start,
+                                               samples_seen=dict(zip(labels, samples_seen.tolist()))))
     if master_process and eval_interval > 0 and eval_episodes > 0 and step % eval_interval == 0 and step < max_iters:
         results = evaluate(eval_episodes, envs.VAL_SEED)  # validation seeds, not the test seeds
         success = float(np.mean([r['success_rate'] for r in results.values()]))
-        log(dict(iter=step, eval_success=success, eval=results, time=time.time() - t_start))
+        train_common.append_log(log_path, dict(iter=step, eval_success=success, eval=results,
+                                               time=time.time() - t_start))
         pbar.write(f"iter {step}: validation success (mean over tasks) {success:.2f}")
         if success > best_success:
             best_success = success

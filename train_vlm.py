@@ -32,7 +32,6 @@ With internet, --dataset=<hub id> takes an image-text dataset in the same layout
 it into the hub cache); a row whose text has no '? ' is a caption, the answer to caption_prompt. Held-out accuracy
 is still measured on the task's simulator frames (resized to the dataset's frame size): what the simulator can check.
 """
-import json
 import os
 import time
 from collections import Counter
@@ -317,11 +316,6 @@ log_path = os.path.join(out_dir, 'log.jsonl')
 train_common.write_json(os.path.join(out_dir, 'train_config.json'), dict(config, dataset_path=dataset_path))
 
 
-def log(record):
-    with open(log_path, 'a') as f:
-        f.write(json.dumps(record) + '\n')
-
-
 def save_training_state(step):
     """Commit what --resume needs (train_common.save_state): weights, optimizer, the batch sampler's state and
     the accuracy before training, so a resumed run draws the same batches and ends with the same weights."""
@@ -335,7 +329,7 @@ def evaluate(step):
     """Held-out answer accuracy, logged and printed."""
     with autocast:
         m = vqa_accuracy(model, lm_head, eval_images, eval_qas, batch_size, max_answer_tokens, device)
-    log(dict(iter=step, **m))
+    train_common.append_log(log_path, dict(iter=step, **m))
     print(f"iter {step}: held-out answer accuracy {m['accuracy']:.3f} " +
           ", ".join(f"{k[:-1]}: {v:.2f}" for k, v in m.items() if k != 'accuracy'))
     return m
@@ -372,7 +366,8 @@ for it in range(start, max_iters):
     grad_norm = train_common.optimizer_step(optimizer, scaler, model.parameters(), max_grad_norm)
     step = it + 1
     if step % log_interval == 0 or step == max_iters:
-        log(dict(iter=step, loss=loss.item(), lr=lr, grad_norm=grad_norm, time=time.time() - t0))
+        train_common.append_log(log_path, dict(iter=step, loss=loss.item(), lr=lr, grad_norm=grad_norm,
+                                               time=time.time() - t0))
         print(f"iter {step}: loss {loss.item():.4f}, lr {lr:.2e}, {time.time() - t0:.0f}s")
     if eval_interval > 0 and step % eval_interval == 0 and step < max_iters:
         evaluate(step)

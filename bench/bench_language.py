@@ -9,7 +9,7 @@ with one set of statistics. Then the policy is driven in the simulator, on held-
     training instruction contains: new sentences, half of them naming the side with words the templates never use
     (west, east, above, below, ...),
   - instructions of no side (another task's, an unrelated sentence, an empty one): reported, with how close each is
-    to the trained instructions (deploy.instruction_check: all-MiniLM-L6-v2's cosine).
+    to the trained instructions (policy.instruction_check: all-MiniLM-L6-v2's cosine).
 Each episode ends at the side its pusher is nearest (within NEAR px) or 'none'.
 
     python bench/bench_language.py --out=out/lang/scratch                                   # byte-level LM from scratch
@@ -128,7 +128,7 @@ def main():
                         f'--out_dir={ckpt}', f'--max_iters={args.iters}', '--eval_interval=0',
                         '--final_eval_episodes=0', *shlex.split(args.train_args)], check=True, cwd=REPO)
     import deploy
-    from deploy import VLAPolicy, instruction_check
+    from policy import VLAPolicy, instruction_check
     from model import ManipulationVLA
     model = ManipulationVLA.from_pretrained(ckpt).eval()
     trained = model.policy_info['tasks'][0]['instructions']

@@ -15,11 +15,11 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import data  # noqa: E402
-import deploy  # noqa: E402  (eval.py runs its policies through deploy.VLAPolicy)
+import policy  # noqa: E402  (eval.py runs its policies through policy.VLAPolicy)
 import envs  # noqa: E402
 
 LINE = envs.TASKS['pusht']['mirror_line']
-predict_chunk = deploy.VLAPolicy.predict_chunk
+predict_chunk = policy.VLAPolicy.predict_chunk
 
 
 def symmetrized(self, images, proprio):
@@ -32,6 +32,6 @@ def symmetrized(self, images, proprio):
 
 
 if __name__ == '__main__':
-    deploy.VLAPolicy.predict_chunk = symmetrized
+    policy.VLAPolicy.predict_chunk = symmetrized
     sys.argv = [os.path.join(ROOT, 'eval.py')] + sys.argv[1:]
     runpy.run_path(sys.argv[0], run_name='__main__')

@@ -15,7 +15,7 @@ from tqdm import tqdm
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import envs  # noqa: E402
 import pusht  # noqa: E402
-from deploy import load_policy  # noqa: E402
+from policy import load_policy  # noqa: E402
 
 # -----------------------------------------------------------------------------
 ckpt = ''

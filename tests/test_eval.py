@@ -60,8 +60,10 @@ def test_temporal_ensembling_weights_older_chunks_more():
     w4 = np.exp(-m * np.arange(4))
     expected_t5 = (w4 * np.array([200 + 3, 300 + 2, 400 + 1, 500 + 0])).sum() / w4.sum()  # chunks 0, 1 expired
     assert acts[5] == pytest.approx(expected_t5)
-    with pytest.raises(ValueError, match='n_action_steps=1'):
-        VLAPolicy(CountingModel(), 'push', n_action_steps=2, temporal_ensemble_coeff=0.1)
+    # re-planning every 2 steps: each step averages the chunks that cover it, the same weights
+    policy = VLAPolicy(CountingModel(chunk=4), 'push', n_action_steps=2, temporal_ensemble_coeff=m)
+    acts = [policy(frame())[0] for _ in range(3)]
+    assert acts[:2] == [0, 1] and acts[2] == pytest.approx((2 + np.exp(-m) * 100) / (1 + np.exp(-m)))
 
 
 def test_nan_actions_fail_loudly():
@@ -98,3 +100,16 @@ def test_evaluator_is_reproducible_and_reports_simulator_metrics():
 def test_unknown_task_is_named():
     with pytest.raises(ValueError, match='unknown task'):
         ManipulationEvaluator('pushq')
+
+
+def test_command_smoothness_measures_jerk_and_what_the_shield_would_limit():
+    from eval import command_smoothness
+    ramp = np.stack([np.arange(10.0) * 5, np.zeros(10)], 1)  # constant velocity: no jerk, steps of 5 px
+    m = command_smoothness(ramp, envs.TASKS['pusht'])
+    assert m['jerk'] == 0 and m['smoothness'] == 5 and m['rate_limited_steps'] == 0
+    jump = ramp.copy()
+    jump[5:, 0] += 100  # a switch to a chunk 100 px away: one step over PushT's 40 px limit, jerk spikes
+    m = command_smoothness(jump, envs.TASKS['pusht'])
+    assert m['rate_limited_steps'] == 1 and m['jerk'] > 50
+    lift = np.array([[0.0, 0, 0, -1], [3.0, 0, 0, -1], [0.0, 0, 0, 1]])  # Lift: a delta dim's value is what is limited
+    assert command_smoothness(lift, envs.TASKS['lift'])['rate_limited_steps'] == 1

@@ -107,7 +107,7 @@ def test_policy_with_a_frozen_text_encoder_trains_saves_and_loads(tmp_path):
 def test_instruction_check_measures_with_a_sentence_similarity_model():
     """Paraphrases are near their trained instruction and unrelated text far (MiniLM's cosine), for a policy with a
     text encoder; a byte-level policy knows only its exact training instructions."""
-    from deploy import instruction_check
+    from policy import instruction_check
     trained = ['move the pusher to the left of the block', 'pick up the red cube and lift it']
     model = ManipulationVLA(tiny(text_encoder='smollm2'))
     check = instruction_check(model, 'grab the red block and raise it', trained, min_cosine=0.4)

@@ -19,7 +19,8 @@ import data  # noqa: E402
 import dataset_writer  # noqa: E402
 import envs  # noqa: E402
 from conftest import check_checkpoint_runs  # noqa: E402
-from deploy import ExportedPolicy, export_policy, load_exported, load_policy  # noqa: E402
+from deploy import ExportedPolicy, export_policy, load_exported  # noqa: E402
+from policy import load_policy  # noqa: E402
 from eval import VLAPolicy  # noqa: E402
 from model import ManipulationVLA, ManipulationVLAConfig  # noqa: E402
 
