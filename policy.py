@@ -134,7 +134,7 @@ class VLAPolicy:
     def rtc_guide(self, d):
         """RTC's target: the plan's next L steps, weight 1 on the d that execute while the new chunk is computed,
         then c (e^c - 1) / (e - 1) with c = (L - i) / (L - d + 1) down the rest of the overlap (the soft mask of
-        eq. 5): the new chunk may depart from the old one where it has time to. None with no plan."""
+        Black et al. 2025): the new chunk may depart from the old one where it has time to. None with no plan."""
         if not self.plan:
             return None
         L = len(self.plan)
