@@ -90,7 +90,7 @@ class VLAPolicy:
         self.close()
         self.plan = deque()  # the steps from now on: [sum of weight * action, sum of weights, number of chunks]
         self.history = deque(maxlen=self.n_obs_steps)
-        self.pending, self.started, self.t, self.last_request = None, False, 0, -10 ** 9
+        self.pending, self.t, self.last_request = None, 0, -10 ** 9
         self.delays, self.starved = [], 0  # steps from each chunk's observation to its use; steps with no action
         if hasattr(self, 'model') and self.text is None:
             with torch.no_grad():
@@ -166,10 +166,11 @@ class VLAPolicy:
         inference thread is raised here, in the control loop, which stops the robot."""
         p = self.pending
         d = self.t - p['t']
-        if self.started and (d < self.inference_delay or ('future' in p and not p['future'].done())):
+        first = not self.delays  # the episode's first chunk is waited for
+        if not first and (d < self.inference_delay or ('future' in p and not p['future'].done())):
             return
         chunk = p['chunk'] if 'chunk' in p else p['future'].result()
-        self.pending, self.started = None, True
+        self.pending = None
         self.delays.append(d)
         self.join_chunk(chunk[d:])
 

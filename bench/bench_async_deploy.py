@@ -47,7 +47,8 @@ def run(model, threaded, join, n_action_steps, steps, rate):
     instruction = envs.TASKS['pusht']['instruction']
     policy = VLAPolicy(model, instruction, n_action_steps, chunk_join=join, threaded=threaded)
     robot = envs.SimRobot('pusht', envs.TEST_SEED, max_steps=steps)
-    shield = SafetyShield(2, envs.TASKS['pusht']['max_step_change'], workspace_bounds=(0.0, 512.0),
+    spec = envs.TASKS['pusht']
+    shield = SafetyShield(2, spec['max_step_change'], workspace_bounds=(spec['action_low'], spec['action_high']),
                           watchdog_timeout=0)  # no watchdog: a synchronous loop's stale frames are the point
     t0 = time.perf_counter()
     try:
