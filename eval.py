@@ -36,7 +36,7 @@ episodes = 100
 start_seed = envs.TEST_SEED  # held-out seeds
 max_steps = 0  # 0 = the task's step limit
 n_action_steps = 0  # 0 = the checkpoint's value
-temporal_ensemble_coeff = -1.0  # < 0 = the checkpoint's value; set >= 0 with n_action_steps=1 for ACT ensembling
+temporal_ensemble_coeff = -1.0  # < 0 = the checkpoint's value; >= 0 = ensembling (ACT's with n_action_steps=1)
 chunk_join = ''  # how a new chunk joins the executing one: 'switch' | 'ensemble' | 'blend' | 'rtc' ('' = as trained)
 inference_delay = 0  # simulated latency: a chunk is used from this many steps after its observation (policy.VLAPolicy)
 rtc_max_weight = 5.0  # real-time chunking's guidance clip beta (Black et al. 2025 use 5)

@@ -53,7 +53,7 @@ vlm_backbone = 'tiny-qwen2'  # 'tiny-qwen2' | a causal-LM hub id or folder, e.g.
 action_head_type = 'mlp'  # 'mlp' | 'gaussian' | 'mixture' | 'diffusion' | 'flow' | 'transformer'
 action_chunk_size = 16  # actions predicted per observation
 n_action_steps = 8  # actions executed from each chunk before re-planning (<= action_chunk_size)
-temporal_ensemble_coeff = None  # ACT temporal ensembling weight decay (needs n_action_steps == 1); None = off
+temporal_ensemble_coeff = None  # ACT temporal ensembling: weight decay over the chunks that predicted a step; None = off
 freeze_vision = False
 freeze_llm = False
 use_lora = False
@@ -96,8 +96,6 @@ if task not in envs.TASKS:
     raise SystemExit(f"unknown task '{task}'; known tasks: {', '.join(envs.TASKS)}")
 if not 1 <= n_action_steps <= action_chunk_size:
     raise SystemExit(f"n_action_steps={n_action_steps} must be in [1, action_chunk_size={action_chunk_size}]")
-if temporal_ensemble_coeff is not None and n_action_steps != 1:
-    raise SystemExit("temporal ensembling re-plans every step: set --n_action_steps=1")
 if use_depth:  # model.py can encode depth, but nothing here feeds it: refuse now instead of at the first forward pass
     raise SystemExit("use_depth=True: no dataset or simulator task here provides depth frames yet (train, eval and "
                      "deploy pass camera images and state only); leave use_depth=False")
@@ -143,7 +141,8 @@ print0(f"dataset {dataset_path}: {len(train_set)} frames, {len(train_set.ds.epis
 instructions = train_set.tasks()
 eval_instruction = instructions[0]
 print0(f"instruction{'s' if len(instructions) > 1 else ''} (from {'--instruction' if instruction else 'the dataset'}): "
-       + "; ".join(repr(t) for t in instructions) + (" (evaluation uses the first)" if len(instructions) > 1 else ""))
+       + "; ".join(repr(t) for t in instructions[:5]) + (f"; ... ({len(instructions)} in all)" if len(instructions) > 5 else "")
+       + (" (evaluation uses the first)" if len(instructions) > 1 else ""))
 if eval_instruction != task_spec['instruction']:
     print0(f"note: this differs from envs.TASKS['{task}'] instruction {task_spec['instruction']!r}; the policy is "
            f"conditioned on {eval_instruction!r}, which the checkpoint stores for eval.py and deploy.py")
@@ -207,6 +206,8 @@ else:
                                          action_dim=meta.features['action']['shape'][0])
     model = ManipulationVLA(model_config)
     model.set_normalization_stats(stats)
+    if model_config.text_encoder:
+        model.set_text_stats(instructions)
 if model_config.num_tasks != 1:
     raise SystemExit(f"{init_from} is a multi-task policy ({model_config.num_tasks} tasks): fine-tune it with "
                      f"train_multitask.py --init_from, train_bc.py trains one task")
