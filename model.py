@@ -521,8 +521,6 @@ class ManipulationVLA(nn.Module):
                                  f"{cfg.text_encoder!r} (sha256 {saved['text_encoder_sha256'][:12]}..., installed: "
                                  f"{encoder.sha256[:12]}...): install the version it was trained with")
             self.text_proj = nn.Linear(encoder.dim, D)
-            self.register_buffer("text_mean", torch.zeros(encoder.dim))  # set_text_stats; identity until set
-            self.register_buffer("text_std", torch.ones(encoder.dim))
         self.vision, mean, std = build_vision(cfg, saved.get("vision_config"), from_checkpoint=bool(_saved))
         self.vision_proj = nn.Linear(self.vision.out_dim, D)  # image tokens -> LM embedding space
         self.camera_embed = nn.Parameter(torch.zeros(cfg.num_cameras, 1, D))  # which camera a token is from
@@ -603,18 +601,6 @@ class ManipulationVLA(nn.Module):
             self._set_row("proprio_mean", task_index, as_tensor(s.get("mean"), "observation.state.mean"))
             self._set_row("proprio_std", task_index, as_tensor(s.get("std"), "observation.state.std"))
 
-    def set_text_stats(self, instructions):
-        """Standardize the frozen sentence vectors per dimension over the training instructions, as states are.
-        A causal LM's vectors of two instructions share ~99% of their direction (cosine 0.99 between 'left' and
-        'right' in SmolLM2), so what tells them apart is a small offset that a linear map of the raw vectors
-        barely sees; scaled to unit variance, the side words dominate, and a paraphrase's offsets with them
-        (RESULTS.md, issue 34). The std is floored at a tenth of its mean: a dimension that no training
-        instruction moves must not blow up on new words. One instruction: centered only."""
-        e = sentence_encoder(self.config.text_encoder)(sorted(set(instructions)))
-        self.text_mean.copy_(e.mean(0))
-        std = e.std(0) if len(e) > 1 else torch.ones_like(e[0])
-        self.text_std.copy_(std.clamp(min=0.1 * float(std.mean())))
-
     def _set_row(self, name, task_index, value):
         buf = getattr(self, name)
         if value.dim() != 1 or value.numel() > buf.shape[1]:
@@ -674,7 +660,6 @@ class ManipulationVLA(nn.Module):
         device = self.readout.device
         if self.config.text_encoder:
             e = sentence_encoder(self.config.text_encoder)(list(instructions)).to(device)
-            e = (e - self.text_mean) / self.text_std
             return dict(text_embeds=self.text_proj(e).unsqueeze(1),
                         text_mask=torch.ones(len(e), 1, dtype=torch.long, device=device))
         if isinstance(self.tokenizer, ByteTokenizer):

@@ -206,8 +206,6 @@ else:
                                          action_dim=meta.features['action']['shape'][0])
     model = ManipulationVLA(model_config)
     model.set_normalization_stats(stats)
-    if model_config.text_encoder:
-        model.set_text_stats(instructions)
 if model_config.num_tasks != 1:
     raise SystemExit(f"{init_from} is a multi-task policy ({model_config.num_tasks} tasks): fine-tune it with "
                      f"train_multitask.py --init_from, train_bc.py trains one task")

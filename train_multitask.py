@@ -200,8 +200,6 @@ else:
     model = ManipulationVLA(model_config)
     for i, d in enumerate(task_data):
         model.set_normalization_stats({'action': d['stats']['action'], 'observation.state': d['stats'][d['state_key']]}, i)
-    if model_config.text_encoder:
-        model.set_text_stats([t for d in task_data for t in d['instructions']])
 model.policy_info = policy_info([dict(d, image_keys=[d['image_key']]) for d in task_data], n_action_steps)
 model.to(device)
 raw_model = model
