@@ -18,9 +18,12 @@ v2.1 (most published datasets): one file per episode, JSON-lines metadata:
     data/chunk-000/episode_000000.parquet, videos/chunk-000/<key>/episode_000000.mp4
 
 Speed: a training step must never wait on data, so everything is loaded once at construction
-(numeric columns -> numpy, every camera frame decoded exactly once -> one uint8 (N,H,W,3) array,
-a disk memmap when it does not fit in RAM) and indexing a batch is pure numpy fancy indexing.
+(numeric columns -> numpy, every camera frame decoded exactly once -> one uint8 (N,H,W,3) array)
+and indexing a batch is pure numpy fancy indexing. The decoded frames persist in a frame cache
+(FRAME_CACHE, beside the hub cache): a later open of the same files maps them in without decoding,
+and memory stays bounded by the page cache, not by the dataset.
 """
+import hashlib
 import io
 import json
 import os
@@ -35,7 +38,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
+from huggingface_hub.constants import HF_HOME
 from PIL import Image
+from tqdm import tqdm
 
 CODEBASE_VERSION = "v3.0"
 TOLERANCE_S = 1e-4  # lerobot's default: a timestamp matches a frame if within 0.1 ms
@@ -52,6 +57,8 @@ DEFAULT_FEATURES = {  # added to every frame by the writer, exactly like lerobot
     "task_index": {"dtype": "int64", "shape": [1], "names": None},
 }
 CAMERA_DTYPES = ("image", "video")
+# decoded frames, one .npy per (dataset files, episodes, camera); NANOVLA_FRAME_CACHE='' turns the cache off
+FRAME_CACHE = os.environ.get("NANOVLA_FRAME_CACHE", os.path.join(HF_HOME, "nanovla_frames"))
 
 # -----------------------------------------------------------------------------
 # small I/O helpers
@@ -111,6 +118,27 @@ def _frame_buffer(n, shape, key):
     path = Path(tempfile.mkdtemp(prefix="nanovla_frames_")) / f"{key}.u8"
     print(f"{key}: {nbytes / 2**30:.1f} GiB of frames > half of RAM; caching them in a memmap at {path} (TMPDIR)")
     return np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(n, *shape))
+
+
+def _cache_entry(cache_dir, root, key, sources, episode_ids, shape):
+    """-> (path of the .npy, its description). The name hashes everything the frames depend on: the source files
+    (path, size, modification time: an edited or re-downloaded file gives a new entry, never a stale one), the
+    episodes read, the camera and the frame shape."""
+    desc = dict(root=str(Path(root).resolve()), camera=key, shape=list(shape), episodes=_ids(episode_ids),
+                files=[[str(Path(f).resolve()), (st := os.stat(f)).st_size, st.st_mtime_ns] for f in sources])
+    digest = hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:24]
+    return Path(cache_dir) / f"{Path(root).name}-{key.split('.')[-1]}-{digest}.npy", desc
+
+
+def _open_cached(path, desc, n, shape):
+    """The cached frames if `path` holds them whole (its description, written last, matches), else None."""
+    try:
+        if json.loads(path.with_suffix(".json").read_text()) != desc:
+            return None
+        frames = np.load(path, mmap_mode="r")  # a truncated file fails here (its header promises more bytes)
+    except (OSError, ValueError):
+        return None
+    return frames if frames.dtype == np.uint8 and frames.shape == (n, *shape) else None
 
 
 def _decode_video_into(path, query_ts, dest_rows, out, tolerance_s=TOLERANCE_S):
@@ -248,11 +276,14 @@ class LeRobotDataset(torch.utils.data.Dataset):
         action            x    x    x    x             -> (4, A),       action_is_pad (4,)
     episodes: a subset of episode indices (default all). camera_keys limits which cameras are decoded
     (default all; [] reads only the numeric columns); keys_arg is the argument that error hints name
-    (ManipulationDataset passes its image_keys here). Negative indices count from the end, like a list.
+    (ManipulationDataset passes its image_keys here). cache_dir: the frame cache (None = FRAME_CACHE, '' = none:
+    frames in RAM, or a temporary memmap past half of it). Negative indices count from the end, like a list.
     """
 
-    def __init__(self, repo_id_or_path, delta_timestamps=None, episodes=None, camera_keys=None, keys_arg="camera_keys"):
+    def __init__(self, repo_id_or_path, delta_timestamps=None, episodes=None, camera_keys=None, keys_arg="camera_keys",
+                 cache_dir=None):
         self.root = _resolve_root(repo_id_or_path)
+        self.cache_dir = FRAME_CACHE if cache_dir is None else cache_dir  # '' = no frame cache
         self.meta = meta = LeRobotDatasetMetadata(self.root)
         self.fps, self.features, self.keys_arg = meta.fps, meta.features, keys_arg
         self.delta_indices = self._check_deltas(delta_timestamps or {})
@@ -335,29 +366,66 @@ class LeRobotDataset(torch.utils.data.Dataset):
         return cols
 
     def _load_camera(self, key, eps):
-        """Every frame of one camera, decoded once, into uint8 (N, H, W, 3)."""
-        shape = tuple(self.features[key]["shape"])
-        if self.features[key]["dtype"] == "image":  # PNG bytes inside the parquet
+        """Every frame of one camera, decoded once, into uint8 (N, H, W, 3): from the frame cache when it holds
+        them, else decoded (into the cache, which appears whole or not at all: its description is written last)."""
+        shape, video = tuple(self.features[key]["shape"]), self.features[key]["dtype"] == "video"
+        if video:
+            self._check_files(eps, key)
+        sources = dict.fromkeys(self.meta.episode_file(e, key if video else None) for e in eps)
+        path = None
+        if self.cache_dir:
+            path, desc = _cache_entry(self.cache_dir, self.root, key, sources, [e["episode_index"] for e in eps], shape)
+            frames = _open_cached(path, desc, len(self), shape)
+            if frames is not None:
+                return frames
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")  # one per process: two openers never mix
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(self), *shape))
+        else:
+            out = _frame_buffer(len(self), shape, key)
+        try:
+            self._decode_camera(key, eps, out, video)
+        except BaseException:
+            if path is not None:  # a half-decoded cache file is of no use to anyone
+                del out
+                tmp.unlink(missing_ok=True)
+            raise
+        if path is None:
+            return out
+        out.flush()
+        del out
+        os.replace(tmp, path)
+        _write_json(desc, path.with_suffix(".json"))  # last: the mark that the frames are whole
+        return np.load(path, mmap_mode="r")
+
+    def _decode_camera(self, key, eps, out, video):
+        """Decode every frame of one camera into out: each mp4 once, front to back, in parallel over files (PyAV
+        releases the GIL while decoding), or the PNG bytes inside the parquet."""
+        if not video:
             blobs = self._image_table.column(key).combine_chunks().field("bytes").to_pylist()
             if any(b is None for b in blobs):
                 raise ValueError(f"{self.root}: image feature {key!r} has rows without embedded PNG bytes")
-            out = _frame_buffer(len(blobs), shape, key)
             with ThreadPoolExecutor(4) as pool:  # PIL releases the GIL while decoding
-                for i, img in enumerate(pool.map(_decode_png, blobs, chunksize=256)):
+                for i, img in enumerate(tqdm(pool.map(_decode_png, blobs, chunksize=256), total=len(blobs),
+                                             desc=f"decoding {key}", disable=len(blobs) < 5000, leave=False)):
                     out[i] = img
-            return out
-        self._check_files(eps, key)
-        out = _frame_buffer(len(self), shape, key)
+            return
         ts, by_file = self.columns["timestamp"].astype(np.float64), {}
         for ep, row in zip(eps, np.cumsum([0] + [e["length"] for e in eps]).tolist()):
-            # group episodes by mp4 so each file is decoded once, front to back
             q, dest = by_file.setdefault(self.meta.episode_file(ep, key), ([], []))
             q.extend(ep.get(f"videos/{key}/from_timestamp", 0.0) + ts[row:row + ep["length"]])
             dest.extend(range(row, row + ep["length"]))
-        for path, (q, dest) in by_file.items():
+
+        def decode(item):
+            path, (q, dest) = item
             order = np.argsort(q, kind="stable")
             _decode_video_into(path, np.asarray(q)[order], np.asarray(dest)[order], out)
-        return out
+            return len(q)
+
+        with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool, \
+                tqdm(total=len(self), desc=f"decoding {key}", unit="frame", disable=len(self) < 5000) as bar:
+            for n in pool.map(decode, by_file.items()):
+                bar.update(n)
 
     def _index(self, idx):
         """Indices (any shape) -> rows 0..N-1: negative ones count from the end, like a Python list."""

@@ -38,6 +38,7 @@ from collections import deque
 import numpy as np
 import torch
 
+import tasks
 from policy import VLAPolicy, describe_instruction, load_policy  # the execution logic eval.py runs too
 
 # -----------------------------------------------------------------------------
@@ -210,11 +211,7 @@ class SafetyShield:
             raise ValueError(f"max_step_change must be finite and > 0, got {max_step_change}")
         if not (np.isfinite(watchdog_timeout) and watchdog_timeout >= 0):
             raise ValueError(f"watchdog_timeout must be a finite number of seconds >= 0 (0 = off), got {watchdog_timeout}")
-        modes = [action_mode] * action_dim if isinstance(action_mode, str) else list(action_mode)
-        if len(modes) != action_dim or set(modes) - {'absolute', 'delta'}:
-            raise ValueError(f"action_mode must be 'absolute', 'delta' or one of them per action dim "
-                             f"({action_dim}), got {action_mode!r}")
-        self.delta = np.array([m == 'delta' for m in modes])
+        self.delta = tasks.delta_dims(action_mode, action_dim)
         self.low, self.high = np.full(action_dim, -np.inf), np.full(action_dim, np.inf)
         for name, bounds in (('workspace_bounds', workspace_bounds), ('joint_limits', joint_limits)):
             if bounds is not None:

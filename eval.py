@@ -23,6 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 import envs
+import tasks
 from policy import VLAPolicy, describe_instruction, load_policy  # noqa: F401  (the execution logic a robot runs; re-exported)
 
 # -----------------------------------------------------------------------------
@@ -68,8 +69,7 @@ def command_smoothness(actions, spec):
     max_step_change (tasks.py)."""
     def mean_norm(x):
         return float(np.linalg.norm(x, axis=-1).mean()) if len(x) else 0.0
-    mode = spec.get('action_mode', 'absolute')
-    delta = np.array([mode == 'delta'] * actions.shape[1] if isinstance(mode, str) else [m == 'delta' for m in mode])
+    delta = tasks.delta_dims(spec.get('action_mode', 'absolute'), actions.shape[1])
     step = np.where(delta, actions[1:], np.diff(actions, axis=0))
     limited = int((np.abs(step) > spec['max_step_change']).any(-1).sum())
     return dict(smoothness=mean_norm(np.diff(actions, axis=0)), jerk=mean_norm(np.diff(actions, n=3, axis=0)),

@@ -6,6 +6,8 @@ would go in a circle, and importing envs to read a spec would have to load MuJoC
 import atexit
 import weakref
 
+import numpy as np
+
 # ALOHA joint limits (rad) of waist, shoulder, elbow, forearm roll, wrist angle, wrist rotate, then the gripper
 # opening in [0, 1], per arm (left, right): gym-aloha's XML ranges
 ALOHA_LOW = [-3.14158, -1.85005, -1.76278, -3.14158, -1.8675, -3.14158, 0.0] * 2
@@ -52,6 +54,17 @@ TASKS = {
 # action_mode (default 'absolute'): an 'absolute' action is a target position (PushT's pusher, ALOHA's joints);
 # a 'delta' one is a displacement per step (Lift's OSC deltas), held at 0. rest_action: the command of a robot at
 # rest (Lift: no motion, gripper open), the safety shield's first reference where the state is not a command.
+
+
+def delta_dims(action_mode, action_dim):
+    """A spec's action_mode -> bool array, True where an action dim is a displacement ('delta'), not a target."""
+    modes = [action_mode] * action_dim if isinstance(action_mode, str) else list(action_mode)
+    if len(modes) != action_dim or set(modes) - {'absolute', 'delta'}:
+        raise ValueError(f"action_mode must be 'absolute', 'delta' or one of them per action dim ({action_dim}), "
+                         f"got {action_mode!r}")
+    return np.array([m == 'delta' for m in modes])
+
+
 VAL_SEED = 100_000  # periodic eval during training uses seeds VAL_SEED.. ; demos use seeds [0, 100000)
 TEST_SEED = 200_000  # final reported eval
 

@@ -15,6 +15,13 @@ Each episode ends at the side its pusher is nearest (within NEAR px) or 'none'.
     python bench/bench_language.py --out=out/lang/scratch                                   # byte-level LM from scratch
     python bench/bench_language.py --out=out/lang/minilm --train_args="--text_encoder=minilm"
     python bench/bench_language.py --out=out/lang/smollm2 --train_args="--text_encoder=smollm2"
+    python bench/bench_language.py --out=out/lang/smollm2_dial --augment=20 --train_args="--text_encoder=smollm2"
+
+--augment=N is instruction augmentation (DIAL, Xiao et al. 2023): SmolLM2-135M-Instruct rewrites each training
+instruction N ways (few-shot prompt, sampled), all-MiniLM-L6-v2 keeps a rewrite only if it is nearer its source's side
+than the source template's other three sides (the rewrites of a 135M LM flip left and right often), and no rewrite
+that contains a validation or test paraphrase, or is contained in one, is kept. Each episode then takes its
+instruction from that larger pool.
 
 The dataset is recorded once into --data (shared by the runs). Prints one table (instruction, kind, the share of
 episodes at each side, cosine to the nearest trained instruction) and the summary line, and writes
@@ -55,6 +62,7 @@ TEST_PARAPHRASES = {  # reported; never in training, not used to choose anything
     "the space beneath the block is your destination": 'bottom'}
 NO_SIDE = ["pick up the red cube and lift it", "push the T-shaped block onto the T-shaped target",
            "the weather is lovely today", ""]
+REWRITES = 'instruction_rewrites.json'
 OFFSET, STEPS, NEAR = 110.0, 25, 50.0  # goal = block origin + 110 px toward the side; 25 steps; 'at' = within 50 px
 
 
@@ -68,9 +76,62 @@ def training_instructions():
     return [(t.format(side), side) for side in SIDES for t in TEMPLATES]
 
 
-def record(root, episodes):
-    """Episode i on training seed i goes to side i % 4 under a template drawn at random for it; the action is the
-    goal (a position target for the pusher's PD controller)."""
+FEW_SHOT = [("put the cup on the shelf", "place the cup onto the shelf"),  # other tasks' words: no side is shown
+            ("open the top drawer", "pull the upper drawer open"),
+            ("move the sponge to the front of the sink", "slide the sponge toward the sink's front"),
+            ("pick up the apple", "grab the apple and lift it")]
+
+
+def augment_instructions(per_instruction, seed=0):
+    """-> [(text, side)]: `per_instruction` distinct rewrites of each training instruction by SmolLM2-135M-Instruct
+    (the installed package's weights), filtered. DIAL (Xiao et al. 2023) relabels demonstrations with a pretrained
+    model's words, so that the policy learns the meaning shared by many phrasings rather than 24 fixed strings."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from model import pretrained_source, sentence_encoder
+    from tqdm import tqdm
+    folder, gguf = pretrained_source('smollm2')
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+    lm = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32).eval()
+    minilm = sentence_encoder('minilm')
+    held_out = {t.lower() for t in [*VAL_PARAPHRASES, *TEST_PARAPHRASES]}
+    seen = {t for t, _ in training_instructions()}
+    pool, tried = [], 0
+    torch.manual_seed(seed)
+    for template in tqdm(TEMPLATES, desc='SmolLM2 rewrites instructions'):
+        variants = [template.format(s) for s in SIDES]
+        for side, src in zip(SIDES, variants):
+            prompt = ("Each robot instruction is rewritten in other words with the same meaning.\n\n"
+                      + "".join(f"Instruction: {a}\nRewritten: {b}\n\n" for a, b in FEW_SHOT)
+                      + f"Instruction: {src}\nRewritten:")
+            ids = tok(prompt, return_tensors='pt')
+            kept = []
+            for _ in range(8):  # rounds of 16 samples until enough are kept
+                with torch.no_grad():
+                    out = lm.generate(**ids, do_sample=True, temperature=0.8, top_p=0.95, max_new_tokens=24,
+                                      num_return_sequences=16, pad_token_id=tok.eos_token_id)
+                texts = {tok.decode(o[ids['input_ids'].shape[1]:], skip_special_tokens=True).split('\n')[0].strip()
+                         for o in out}
+                texts = [t for t in texts if 2 <= len(t.split()) <= 16 and t not in seen
+                         and not any(h in t.lower() or t.lower() in h for h in held_out)]  # none contains another
+                tried += len(texts)
+                if texts:  # MiniLM's nearest of the four side variants of the source must be the source's side
+                    near = (minilm(texts) @ minilm(variants).T).argmax(1).tolist()
+                    for t, k in zip(texts, near):
+                        if list(SIDES)[k] == side and len(kept) < per_instruction:
+                            kept.append(t)
+                            seen.add(t)
+                if len(kept) == per_instruction:
+                    break
+            pool += [(t, side) for t in kept]
+    print(f"instruction augmentation: kept {len(pool)} rewrites of {tried} new distinct samples")
+    return pool
+
+
+def record(root, episodes, pool=None):
+    """Episode i on training seed i goes to side i % 4 under a template drawn at random for it (or, with `pool`,
+    an instruction of that side drawn from the templates and their rewrites); the action is the goal (a position
+    target for the pusher's PD controller)."""
     import dataset_writer
     features = {'observation.image': {'dtype': 'image', 'shape': [96, 96, 3], 'names': ['height', 'width', 'channels']},
                 'observation.state': {'dtype': 'float32', 'shape': [2], 'names': ['x', 'y']},
@@ -80,7 +141,11 @@ def record(root, episodes):
     env = envs.make_env('pusht')
     for seed in range(episodes):
         side = list(SIDES)[seed % 4]
-        text = TEMPLATES[rng.integers(len(TEMPLATES))].format(side)
+        if pool is None:
+            text = TEMPLATES[rng.integers(len(TEMPLATES))].format(side)
+        else:
+            texts = [t for t, s in [*training_instructions(), *pool] if s == side]
+            text = texts[rng.integers(len(texts))]
         obs, _ = env.reset(seed=seed)
         goal = goals(env)[side]
         for _ in range(STEPS):
@@ -89,6 +154,9 @@ def record(root, episodes):
         writer.save_episode()
     env.close()
     writer.finalize()
+    if pool:  # the rewrites, beside the dataset they label (inside it before it appears: both or neither)
+        with open(os.path.join(root + '.tmp', 'meta', REWRITES), 'w') as f:
+            json.dump([dict(text=t, side=side) for t, side in pool], f, indent=1)
     os.replace(root + '.tmp', root)
 
 
@@ -110,6 +178,7 @@ def main():
     p.add_argument('--data', default='data/language_pusht', help='the recorded dataset (recorded if missing)')
     p.add_argument('--episodes', type=int, default=1600, help='training episodes (a quarter per side)')
     p.add_argument('--iters', type=int, default=4000)
+    p.add_argument('--augment', type=int, default=0, help='SmolLM2 rewrites per training instruction (0: none)')
     p.add_argument('--train_args', default='', help='more train_bc.py flags, e.g. "--text_encoder=minilm"')
     p.add_argument('--seeds', type=int, default=10, help='held-out test seeds per instruction')
     p.add_argument('--sets', default='trained,val,test,no_side', help='which instruction sets to evaluate')
@@ -117,11 +186,15 @@ def main():
     info = os.path.join(args.data, 'meta', 'info.json')
     if not os.path.exists(info):
         t0 = time.time()
-        record(args.data, args.episodes)
+        pool = augment_instructions(args.augment) if args.augment else None
+        record(args.data, args.episodes, pool)
         print(f"recorded {args.episodes} episodes into {args.data} in {time.time() - t0:.0f} s")
     elif json.load(open(info))['total_episodes'] != args.episodes:
         raise SystemExit(f"{args.data} holds {json.load(open(info))['total_episodes']} episodes, not --episodes="
                          f"{args.episodes}: pass --data=<another folder> to record them, or --episodes to match")
+    elif os.path.exists(os.path.join(args.data, 'meta', REWRITES)) != bool(args.augment):
+        raise SystemExit(f"{args.data} was recorded {'with' if args.augment == 0 else 'without'} instruction "
+                         f"augmentation, unlike --augment={args.augment}: pass --data=<another folder>")
     ckpt = os.path.join(args.out, 'policy')
     if not os.path.exists(os.path.join(ckpt, 'model.safetensors')):
         subprocess.run([sys.executable, os.path.join(REPO, 'train_bc.py'), '--task=pusht', f'--dataset={args.data}',

@@ -1,11 +1,17 @@
 """Shared by the test files: the check that a checkpoint folder of any producer (train_bc.py, its best/,
 train_multitask.py, train_dagger.py, train_gail.py) runs through eval.py, deploy.py export and deploy.py run."""
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# the decoded-frame cache (data.FRAME_CACHE) of this run and its subprocesses: a folder of its own, removed at exit
+os.environ["NANOVLA_FRAME_CACHE"] = _frame_cache = tempfile.mkdtemp(prefix="nanovla_test_frames_")
+atexit.register(shutil.rmtree, _frame_cache, ignore_errors=True)
 
 
 # One interpreter runs the three commands in turn, each as `python SCRIPT ARGS` would (runpy, argv set): importing

@@ -1,6 +1,7 @@
 """Tests for data.py and dataset_writer.py: LeRobot v3.0 write/read round trips, v2.1 reading, the real so101 dataset,
 the hub path, every documented bad-input error, and the model-facing ManipulationDataset."""
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -145,6 +146,49 @@ def test_video_round_trip_close(video_root, episodes):
     dist = np.abs(ds.frames["observation.image"][:, None].astype(float) - src[None]).mean((2, 3, 4))  # (N, N)
     assert (dist.argmin(1) == np.arange(len(src))).all()  # each decoded frame is closest to its own source frame
     assert ds[6]["observation.image_is_pad"].tolist() == [True, False]
+
+
+def test_frame_cache_is_reused_rebuilt_when_stale_and_never_read_partial(tmp_path, video_root, monkeypatch):
+    """The first open decodes into the cache; the next maps it in without decoding; a cache cut short, one whose
+    mark of completion is missing, or one whose source video changed is decoded again, never used."""
+    cache, decoded = tmp_path / "cache", []
+    real = data._decode_video_into
+    monkeypatch.setattr(data, "_decode_video_into", lambda path, *a, **k: decoded.append(path) or real(path, *a, **k))
+    fresh = data.LeRobotDataset(video_root, cache_dir="").frames["observation.image"]
+    assert len(decoded) == 1 and not cache.exists()
+
+    def frames():
+        return data.LeRobotDataset(video_root, cache_dir=str(cache)).frames["observation.image"]
+
+    np.testing.assert_array_equal(frames(), fresh)
+    entry, = cache.glob("*.npy")
+    assert len(decoded) == 2 and sorted(p.name for p in cache.iterdir()) == sorted([entry.name, entry.stem + ".json"])
+    cached = frames()
+    assert len(decoded) == 2 and isinstance(cached, np.memmap)  # mapped in, not decoded
+    np.testing.assert_array_equal(cached, fresh)
+    del cached
+    with open(entry, "r+b") as f:  # a crash mid-write: the file is shorter than its header says
+        f.truncate(entry.stat().st_size - 100)
+    np.testing.assert_array_equal(frames(), fresh)
+    assert len(decoded) == 3
+    entry.with_suffix(".json").unlink()  # the frames were written but not marked whole
+    np.testing.assert_array_equal(frames(), fresh)
+    assert len(decoded) == 4 and entry.with_suffix(".json").exists()
+    video = video_root / "videos/observation.image/chunk-000/file-000.mp4"
+    os.utime(video, ns=(video.stat().st_atime_ns, video.stat().st_mtime_ns + 10**9))  # the video was replaced
+    np.testing.assert_array_equal(frames(), fresh)
+    assert len(decoded) == 5 and len(list(cache.glob("*.npy"))) == 2  # a new entry; the old one is never read
+    assert not list(cache.glob("*tmp*"))
+
+
+def test_frame_cache_of_embedded_images_and_episode_subsets(tmp_path, png_root, episodes):
+    cache = str(tmp_path / "cache")
+    whole = data.LeRobotDataset(png_root, cache_dir=cache).frames["observation.image"]
+    part = data.LeRobotDataset(png_root, episodes=[2], cache_dir=cache).frames["observation.image"]
+    np.testing.assert_array_equal(whole, stacked(episodes, "observation.image"))
+    np.testing.assert_array_equal(part, stacked(episodes[2:], "observation.image"))
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 2  # the episodes read are part of the key
+    np.testing.assert_array_equal(data.LeRobotDataset(png_root, cache_dir=cache).frames["observation.image"], whole)
 
 
 def test_append_episodes_for_dagger(tmp_path, episodes):
@@ -329,7 +373,8 @@ def test_errors_corrupt_files(tmp_path, png_root, video_root):
     v = root / "videos/observation.image/chunk-000/file-000.mp4"
     v.write_bytes(b"\x00" * 64 + v.read_bytes()[100:200])
     with pytest.raises(ValueError, match=r"file-000.mp4 is corrupt"):
-        data.LeRobotDataset(root)
+        data.LeRobotDataset(root, cache_dir=str(tmp_path / "cache"))
+    assert list((tmp_path / "cache").iterdir()) == []  # the half-decoded frame file is removed, not left behind
     v.unlink()
     with pytest.raises(FileNotFoundError, match="mp4 is missing"):
         data.LeRobotDataset(root)[0]
