@@ -177,7 +177,7 @@ def main():
     p.add_argument('--out', default='out/lang/scratch')
     p.add_argument('--data', default='data/language_pusht', help='the recorded dataset (recorded if missing)')
     p.add_argument('--episodes', type=int, default=1600, help='training episodes (a quarter per side)')
-    p.add_argument('--iters', type=int, default=4000)
+    p.add_argument('--iters', type=int, default=12000, help='training iterations (12000: the best on validation; RESULTS.md)')
     p.add_argument('--augment', type=int, default=0, help='SmolLM2 rewrites per training instruction (0: none)')
     p.add_argument('--train_args', default='', help='more train_bc.py flags, e.g. "--text_encoder=minilm"')
     p.add_argument('--seeds', type=int, default=10, help='held-out test seeds per instruction')
