@@ -339,7 +339,7 @@ class ExportedPolicy(VLAPolicy):
                                  threaded, meta.get('chunk_size'), can_guide=False)  # older files: no chunk_size, unchecked
 
     @torch.no_grad()
-    def predict_chunk(self, images, proprio):
+    def predict_chunk(self, images, proprio, guide=None):  # guide is always None: configure_execution refuses rtc
         return self.module(images, proprio)[0].float().numpy()
 
 

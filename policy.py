@@ -120,13 +120,12 @@ class VLAPolicy:
         batch = {'images': images.to(self.device), 'proprio': proprio.to(self.device), 'instruction': [self.instruction]}
         if self.task_index is not None:
             batch['task_index'] = self.task_index
-        kw = {} if guide is None else dict(guide=guide)
-        return self.model.predict_action(batch, instruction_cache=self.text, **kw)[0].float().cpu().numpy()
+        return self.model.predict_action(batch, instruction_cache=self.text, guide=guide)[0].float().cpu().numpy()
 
     def _chunk(self, obs, guide=None):
         """Predict a chunk; NaN/inf stops an evaluation, while on a robot (deploy.py sets
         raise_on_nonfinite=False) it flows on to the safety shield, which holds and counts it."""
-        chunk = self.predict_chunk(*obs, guide=guide) if guide is not None else self.predict_chunk(*obs)
+        chunk = self.predict_chunk(*obs, guide=guide)
         if self.raise_on_nonfinite and not np.isfinite(chunk).all():
             raise RuntimeError("the policy predicted NaN/inf actions: the checkpoint is broken (training diverged?)")
         return chunk

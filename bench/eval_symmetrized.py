@@ -22,8 +22,11 @@ LINE = envs.TASKS['pusht']['mirror_line']
 predict_chunk = policy.VLAPolicy.predict_chunk
 
 
-def symmetrized(self, images, proprio):
-    """Mean of the chunk for the frame and the reflected chunk for the reflected frame (data.mirror_batch, p=1)."""
+def symmetrized(self, images, proprio, guide=None):
+    """Mean of the chunk for the frame and the reflected chunk for the reflected frame (data.mirror_batch, p=1).
+    No real-time chunking: a guide is for one frame's chunk, not its reflection's."""
+    if guide is not None:
+        raise ValueError("eval_symmetrized.py averages two chunks: run it without --chunk_join=rtc")
     a = predict_chunk(self, images, proprio)
     m = data.mirror_batch({'images': images, 'proprio': proprio}, LINE, p=1.0)
     b = predict_chunk(self, m['images'], m['proprio'])

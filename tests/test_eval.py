@@ -24,7 +24,7 @@ class CountingModel(torch.nn.Module):
         self.instructions.append(list(texts))
         return {'text_embeds': torch.zeros(1, 1, 1), 'text_mask': torch.ones(1, 1, dtype=torch.bool)}
 
-    def predict_action(self, batch, instruction_cache=None):
+    def predict_action(self, batch, instruction_cache=None, guide=None):
         assert batch['images'].shape == (1, 1, 3, 96, 96) and batch['images'].dtype == torch.uint8
         assert batch['proprio'].shape == (1, 2)
         assert instruction_cache is not None
