@@ -143,8 +143,8 @@ def test_history_trains_and_the_policy_feeds_the_last_steps(tmp_path):
     model.eval()
     seen = []
     predict = model.predict_action
-    model.predict_action = lambda batch, instruction_cache=None: seen.append(batch["images"].clone()) or \
-        predict(batch, instruction_cache)
+    model.predict_action = lambda batch, instruction_cache=None, guide=None: seen.append(batch["images"].clone()) or \
+        predict(batch, instruction_cache, guide)
     policy = VLAPolicy(model, TEXT, n_action_steps=2)
     for v in (5, 6, 7):
         policy(frame(v))
