@@ -139,7 +139,8 @@ _RANGES = {
     # DAgger, GAIL, multi-task, eval and deploy
     **{k: (lambda v: v >= 1, '>= 1') for k in (
         'dagger_iters', 'episodes_per_iter', 'train_iters', 'expert_episodes', 'steps_per_iter', 'ppo_epochs',
-        'minibatch_size', 'hidden_dim', 'curriculum_interval', 'image_size', 'episodes', 'threads', 'num_workers')},
+        'minibatch_size', 'hidden_dim', 'curriculum_interval', 'episodes', 'threads', 'num_workers')},
+    'image_size': (lambda v: v >= 0, ">= 0 pixels (train_bc.py: 0 = the dataset's frame size)"),
     **{k: (lambda v: v >= 0, '>= 0') for k in (
         'bc_iters', 'ppo_iters', 'disc_steps', 'max_steps', 'eval_max_steps', 'videos', 'entropy_coef', 'value_coef',
         'bc_coef', 'grad_penalty', 'rate', 'max_step_change', 'inference_delay')},

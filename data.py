@@ -21,7 +21,8 @@ Speed: a training step must never wait on data, so everything is loaded once at 
 (numeric columns -> numpy, every camera frame decoded exactly once -> one uint8 (N,H,W,3) array)
 and indexing a batch is pure numpy fancy indexing. The decoded frames persist in a frame cache
 (FRAME_CACHE, beside the hub cache): a later open of the same files maps them in without decoding,
-and memory stays bounded by the page cache, not by the dataset.
+and memory stays bounded by the page cache, not by the dataset. image_size resizes the frames while they decode
+(LIBERO's 256x256 cameras to a 96x96 policy): the cache then holds the small frames only.
 """
 import hashlib
 import io
@@ -98,8 +99,32 @@ def _arrow_to_numpy(col, shape):
     return out if list(shape) == [1] else out.reshape(len(col), *shape)
 
 
-def _decode_png(b):
-    return np.asarray(Image.open(io.BytesIO(b)).convert("RGB"))
+def _decode_png(b, src_shape, hw):
+    """PNG bytes -> uint8 (H, W, 3) at hw (None = as stored); its size must be the one info.json lists."""
+    img = np.asarray(Image.open(io.BytesIO(b)).convert("RGB"))
+    if img.shape != src_shape:
+        raise ValueError(f"a PNG frame is {img.shape}, info.json says {src_shape}: the dataset is inconsistent")
+    return _fit(img, hw)
+
+
+def _target_hw(src_hw, image_size):
+    """The decoded size of a camera stored at src_hw: image_size None (as stored), an int height (the width keeps
+    the aspect ratio) or (H, W)."""
+    if image_size is None:
+        return tuple(src_hw)
+    if isinstance(image_size, (int, np.integer)):
+        if image_size <= 0:
+            raise ValueError(f"image_size={image_size}: a frame height in pixels must be positive")
+        return int(image_size), max(1, round(src_hw[1] * int(image_size) / src_hw[0]))
+    return tuple(int(x) for x in image_size)
+
+
+def _fit(img, hw):
+    """One uint8 (h, w, 3) frame -> (H, W, 3) for hw = (H, W), antialiased as the policy's live frames are
+    (resize_images); None or the same size = unchanged."""
+    if hw is None or img.shape[:2] == tuple(hw):
+        return img
+    return resize_images(torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None], hw)[0].permute(1, 2, 0).numpy()
 
 
 def _ids(ids):
@@ -141,9 +166,10 @@ def _open_cached(path, desc, n, shape):
     return frames if frames.dtype == np.uint8 and frames.shape == (n, *shape) else None
 
 
-def _decode_video_into(path, query_ts, dest_rows, out, tolerance_s=TOLERANCE_S):
-    """Decode `path` once, front to back, writing the frame at each query timestamp (seconds, sorted)
-    into out[dest_rows]. A query with no decoded frame within tolerance_s is an error (lerobot's check)."""
+def _decode_video_into(path, query_ts, dest_rows, out, src_shape, hw=None, tolerance_s=TOLERANCE_S):
+    """Decode `path` once, front to back, writing the frame at each query timestamp (seconds, sorted), resized
+    to hw (None = as stored), into out[dest_rows]. A query with no decoded frame within tolerance_s is an error
+    (lerobot's check); so is a stream whose frames are not src_shape, the size info.json lists."""
     found = np.zeros(len(query_ts), bool)
     try:
         with av.open(str(path)) as container:
@@ -155,9 +181,9 @@ def _decode_video_into(path, query_ts, dest_rows, out, tolerance_s=TOLERANCE_S):
                 hi = np.searchsorted(query_ts, ts + tolerance_s, "right")
                 if hi > lo:  # queries [lo, hi) want this frame
                     rgb = frame.to_ndarray(format="rgb24")  # (H, W, 3) uint8
-                    if rgb.shape != out.shape[1:]:
-                        raise ValueError(f"{path}: frames are {rgb.shape}, info.json says {out.shape[1:]}")
-                    out[dest_rows[lo:hi]], found[lo:hi] = rgb, True
+                    if rgb.shape != src_shape:
+                        raise ValueError(f"{path}: frames are {rgb.shape}, info.json says {src_shape}")
+                    out[dest_rows[lo:hi]], found[lo:hi] = _fit(rgb, hw), True
                 if ts > query_ts[-1] + tolerance_s:
                     break
     except av.FFmpegError as e:
@@ -277,12 +303,15 @@ class LeRobotDataset(torch.utils.data.Dataset):
     episodes: a subset of episode indices (default all). camera_keys limits which cameras are decoded
     (default all; [] reads only the numeric columns); keys_arg is the argument that error hints name
     (ManipulationDataset passes its image_keys here). cache_dir: the frame cache (None = FRAME_CACHE, '' = none:
-    frames in RAM, or a temporary memmap past half of it). Negative indices count from the end, like a list.
+    frames in RAM, or a temporary memmap past half of it). image_size: every camera resized while decoding, to
+    (H, W) (same aspect ratio) or, an int, to that height (width keeps the aspect); None = as stored.
+    Negative indices count from the end, like a list.
     """
 
     def __init__(self, repo_id_or_path, delta_timestamps=None, episodes=None, camera_keys=None, keys_arg="camera_keys",
-                 cache_dir=None):
+                 cache_dir=None, image_size=None):
         self.root = _resolve_root(repo_id_or_path)
+        self.image_size = image_size
         self.cache_dir = FRAME_CACHE if cache_dir is None else cache_dir  # '' = no frame cache
         self.meta = meta = LeRobotDatasetMetadata(self.root)
         self.fps, self.features, self.keys_arg = meta.fps, meta.features, keys_arg
@@ -368,7 +397,11 @@ class LeRobotDataset(torch.utils.data.Dataset):
     def _load_camera(self, key, eps):
         """Every frame of one camera, decoded once, into uint8 (N, H, W, 3): from the frame cache when it holds
         them, else decoded (into the cache, which appears whole or not at all: its description is written last)."""
-        shape, video = tuple(self.features[key]["shape"]), self.features[key]["dtype"] == "video"
+        src_shape, video = tuple(self.features[key]["shape"]), self.features[key]["dtype"] == "video"
+        hw = _target_hw(src_shape[:2], self.image_size)
+        shape = (*hw, src_shape[2])
+        if shape != src_shape:  # refuse another aspect ratio now, before any decoding (resize_images checks it)
+            resize_images(torch.zeros(1, 3, *src_shape[:2], dtype=torch.uint8), hw)
         if video:
             self._check_files(eps, key)
         sources = dict.fromkeys(self.meta.episode_file(e, key if video else None) for e in eps)
@@ -384,7 +417,7 @@ class LeRobotDataset(torch.utils.data.Dataset):
         else:
             out = _frame_buffer(len(self), shape, key)
         try:
-            self._decode_camera(key, eps, out, video)
+            self._decode_camera(key, eps, out, video, src_shape, hw)
         except BaseException:
             if path is not None:  # a half-decoded cache file is of no use to anyone
                 del out
@@ -398,15 +431,16 @@ class LeRobotDataset(torch.utils.data.Dataset):
         _write_json(desc, path.with_suffix(".json"))  # last: the mark that the frames are whole
         return np.load(path, mmap_mode="r")
 
-    def _decode_camera(self, key, eps, out, video):
-        """Decode every frame of one camera into out: each mp4 once, front to back, in parallel over files (PyAV
-        releases the GIL while decoding), or the PNG bytes inside the parquet."""
+    def _decode_camera(self, key, eps, out, video, src_shape, hw):
+        """Decode every frame of one camera (stored at src_shape) into out, resized to hw: each mp4 once, front to
+        back, in parallel over files (PyAV releases the GIL while decoding), or the PNG bytes inside the parquet."""
         if not video:
             blobs = self._image_table.column(key).combine_chunks().field("bytes").to_pylist()
             if any(b is None for b in blobs):
                 raise ValueError(f"{self.root}: image feature {key!r} has rows without embedded PNG bytes")
             with ThreadPoolExecutor(4) as pool:  # PIL releases the GIL while decoding
-                for i, img in enumerate(tqdm(pool.map(_decode_png, blobs, chunksize=256), total=len(blobs),
+                frames = pool.map(lambda b: _decode_png(b, src_shape, hw), blobs, chunksize=256)
+                for i, img in enumerate(tqdm(frames, total=len(blobs),
                                              desc=f"decoding {key}", disable=len(blobs) < 5000, leave=False)):
                     out[i] = img
             return
@@ -419,7 +453,7 @@ class LeRobotDataset(torch.utils.data.Dataset):
         def decode(item):
             path, (q, dest) = item
             order = np.argsort(q, kind="stable")
-            _decode_video_into(path, np.asarray(q)[order], np.asarray(dest)[order], out)
+            _decode_video_into(path, np.asarray(q)[order], np.asarray(dest)[order], out, src_shape, hw)
             return len(q)
 
         with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool, \
@@ -565,14 +599,16 @@ class ManipulationDataset(torch.utils.data.Dataset):
         actions t .. t+chunk-1       -> action (chunk, A), action_is_pad (chunk,) True past the episode end
     The windows are lerobot's delta_timestamps ({key: [seconds relative to t]}), checked against the
     dataset's fps; steps before an episode's start repeat its first frame (as Diffusion Policy pads).
-    instruction=None conditions every frame on its episode's own task text (meta/tasks).
+    instruction=None conditions every frame on its episode's own task text (meta/tasks). image_size: the
+    cameras' decoded size (LeRobotDataset; None = as stored).
     Batches are gathered with numpy fancy indexing (get_batch); augment them with augment_batch / shift_batch."""
 
     def __init__(self, lerobot_dataset_or_path, image_keys, state_key="observation.state", action_key="action",
-                 chunk_size=16, instruction=None, depth_keys=None, episodes=None, n_obs_steps=1):
+                 chunk_size=16, instruction=None, depth_keys=None, episodes=None, n_obs_steps=1, image_size=None):
         ds = lerobot_dataset_or_path
         if not isinstance(ds, LeRobotDataset):
-            ds = LeRobotDataset(ds, episodes=episodes, camera_keys=image_keys, keys_arg="image_keys")
+            ds = LeRobotDataset(ds, episodes=episodes, camera_keys=image_keys, keys_arg="image_keys",
+                                image_size=image_size)
         for key in [action_key, state_key, *(depth_keys or [])]:
             if key is not None and key not in ds.features:
                 raise KeyError(f"{key!r} is not a feature of {ds.root}; it has {sorted(ds.features)}")
@@ -626,6 +662,33 @@ class ManipulationDataset(torch.utils.data.Dataset):
         if np.ndim(i) == 1:
             return self.get_batch(i)
         return {k: v[0] for k, v in self.get_batch([i]).items()}
+
+
+def dataset_spec(repo_id_or_path):
+    """A dataset with no simulator -> what train_bc.py reads from a tasks.TASKS entry: its cameras, state key, fps
+    and frame size, from meta/info.json alone (nothing is decoded)."""
+    root = _resolve_root(repo_id_or_path)
+    meta = LeRobotDatasetMetadata(root)
+    missing = [k for k in ("observation.state", "action") if k not in meta.features]
+    if missing or not meta.camera_keys:
+        raise ValueError(f"{root} has no {missing or 'camera'} feature: a policy needs cameras, "
+                         f"'observation.state' and 'action'; its features are {sorted(meta.features)}")
+    return dict(fps=meta.fps, image_keys=list(meta.camera_keys), state_key="observation.state",
+                image_size=meta.features[meta.camera_keys[0]]["shape"][0],
+                episodes=[e["episode_index"] for e in meta.episodes])
+
+
+def action_limits(ds):
+    """The shield's limits of a policy trained on ds (a Manipulation/LeRobotDataset) with no task table entry: the
+    range of its actions, and 1.5x the largest change of each action dim between two consecutive frames of an
+    episode (the demonstrator's own speed limit, with a margin)."""
+    ds = getattr(ds, "ds", ds)
+    a = ds.columns["action"].reshape(len(ds), -1).astype(np.float64)
+    same = ds.columns["episode_index"][1:] == ds.columns["episode_index"][:-1]
+    step = np.abs(np.diff(a, axis=0))[same].max(0) if same.any() else np.zeros(a.shape[1])
+    low, high = a.min(0), a.max(0)
+    return dict(action_low=low.tolist(), action_high=high.tolist(),  # a dim that never moved may move by 1% of its range
+                max_step_change=np.maximum(1.5 * step, np.maximum(0.01 * (high - low), 1e-6)).tolist())
 
 
 def epoch_rows(ds, end_frames=0, end_repeats=1):

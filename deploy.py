@@ -163,7 +163,8 @@ def export_main():
                 image_size=c.image_size, image_hw=list(c.image_hw), n_obs_steps=c.n_obs_steps,
                 num_cameras=c.num_cameras, chunk_size=c.action_chunk_size,
                 n_action_steps=info['n_action_steps'], temporal_ensemble_coeff=info.get('temporal_ensemble_coeff'),
-                action_head_type=c.action_head_type, source=os.path.abspath(ckpt))
+                action_head_type=c.action_head_type, source=os.path.abspath(ckpt),
+                **({'limits': tc['limits']} if 'limits' in tc else {}))  # a dataset's policy: its shield's limits
     path = out or os.path.join(ckpt, 'policy.pt' if format == 'torchscript' else 'policy.pt2')
     export_policy(model, tc['instruction'], path, meta, format, task_index=i)
     module, _ = load_exported(path)  # check the file against the eager model before declaring success
@@ -389,12 +390,17 @@ def control_loop(policy, robot, shield, rate, max_steps, hold=None):
                 **policy.execution_stats())
 
 
-def make_shield(task_name, action_dim):
-    """-> (SafetyShield with the task's limits and action modes, the robot's command at rest or None)."""
-    import envs
-    spec = envs.TASKS[task_name]
+def make_shield(task_name, action_dim, limits=None):
+    """-> (SafetyShield with the task's limits and action modes, the robot's command at rest or None). limits: a
+    policy trained on a dataset with no task table entry carries its own, measured on its data (data.action_limits:
+    the range of its actions and 1.5x its largest step); its actions are taken as targets (absolute)."""
+    if limits is not None:
+        spec = limits
+    else:
+        import envs
+        spec = envs.TASKS[task_name]
     step = max_step_change or spec.get('max_step_change', 0.0)
-    if step <= 0:
+    if np.any(np.asarray(step) <= 0):  # a number, or one per action dim (a dataset's limits)
         raise SystemExit(f"no default shield velocity limit for task {task_name!r}: pass --max_step_change")
     shield = SafetyShield(action_dim, step, workspace_bounds=(spec['action_low'], spec['action_high']),
                           watchdog_timeout=watchdog_timeout, action_mode=spec.get('action_mode', 'absolute'))
@@ -451,6 +457,11 @@ def run_main():
                 raise SystemExit(f"--robot={robot!r}: only 'sim' ships (no ROS 2 bridge yet); a real robot implements "
                                  f"envs.SimRobot's get_observation/send_action/close")
             import envs
+            if 'limits' in meta:
+                raise SystemExit(f"{policy} was trained on the dataset {task_name}, which has no simulator: "
+                                 f"--robot=sim has nothing to run it in. On the robot that recorded it, implement "
+                                 f"envs.SimRobot's get_observation/send_action/close; deploy.make_shield(.., "
+                                 f"limits=<the checkpoint's policy.tasks[0].limits>) builds its shield")
             bot = envs.SimRobot(task_name, seed, max_steps)
             if bot.action_dim != meta['action_dim']:
                 raise SystemExit(f"the policy outputs {meta['action_dim']} action values but the robot takes "

@@ -318,6 +318,10 @@ if __name__ == '__main__':
         except ValueError as e:
             raise SystemExit(str(e)) from e
         task, check = settings['task'], settings['instruction_check']
+        if 'limits' in settings:  # train_bc.py --dataset without --task
+            raise SystemExit(f"{ckpt} was trained on the dataset {task}, which has no simulator: eval.py runs policies "
+                             f"in simulators. What it can report instead is the open-loop action error on the "
+                             f"dataset's held-out episodes, which train_bc.py wrote to {os.path.join(ckpt, 'eval.json')}")
         if num_workers > 1:  # each worker loads the checkpoint itself
             pol = dict(ckpt_dir=ckpt, **dict(kw, task=task))
         print(describe_instruction(check))

@@ -471,6 +471,9 @@ def as_tensor(x, name):
 
 
 POLICY_TASK_KEYS = ("task", "instruction", "instructions", "image_keys", "state_key", "action_dim", "state_dim")
+# a policy trained on a dataset with no simulator (train_bc.py --dataset without --task) also stores its shield's
+# limits, measured on its data: {action_low, action_high, max_step_change} (deploy.py; eval.py has nothing to run)
+POLICY_TASK_OPTIONAL = ("limits",)
 
 
 def policy_info(tasks, n_action_steps=None, temporal_ensemble_coeff=None, stage="policy", **extra):
@@ -482,7 +485,8 @@ def policy_info(tasks, n_action_steps=None, temporal_ensemble_coeff=None, stage=
             raise ValueError(f"policy task {t.get('task')!r} lacks {missing}: a checkpoint must say {POLICY_TASK_KEYS}")
     if stage == "policy" and not (tasks and n_action_steps):
         raise ValueError("a policy checkpoint needs its tasks and n_action_steps (eval.py and deploy.py run them)")
-    return dict(stage=stage, tasks=[{k: t[k] for k in POLICY_TASK_KEYS} for t in tasks], n_action_steps=n_action_steps,
+    return dict(stage=stage, tasks=[{k: t[k] for k in POLICY_TASK_KEYS + POLICY_TASK_OPTIONAL if k in t} for t in tasks],
+                n_action_steps=n_action_steps,
                 temporal_ensemble_coeff=temporal_ensemble_coeff, **extra)
 
 

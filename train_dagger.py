@@ -89,6 +89,9 @@ if retrain not in ('finetune', 'scratch'):
 if not 0.0 <= beta <= 1.0 or not 0.0 <= beta_decay <= 1.0:
     raise SystemExit(f"beta={beta} and beta_decay={beta_decay} must be probabilities in [0, 1]")
 stored = read_json(os.path.join(init_from, 'config.json')).get('policy', {})  # no weights loaded
+if any('limits' in t for t in stored.get('tasks') or []):  # train_bc.py --dataset without --task
+    raise SystemExit(f"{init_from} was trained on the dataset {stored['tasks'][0]['task']}, which has no simulator: "
+                     f"DAgger needs one (the learner drives it and the task's scripted expert labels its states)")
 try:
     k, entry = policy_task(stored, task, init_from)  # DAgger aggregates labels into that task's dataset
 except ValueError as e:

@@ -92,6 +92,8 @@ for name, value in (('datasets', datasets), ('task_weights', task_weights), ('in
         raise SystemExit(f"{name} has {len(value)} entries but there are {len(tasks)} tasks ({tasks}): give one per task")
 if task_weights and (min(task_weights) < 0 or sum(task_weights) <= 0):
     raise SystemExit(f"task_weights must be >= 0 with a positive sum, got {task_weights}")
+if image_size < 1:
+    raise SystemExit(f"image_size={image_size}: every camera is resized to image_size x image_size, so it must be >= 1")
 if use_depth:  # model.py can encode depth, but nothing here feeds it: refuse now instead of at the first forward pass
     raise SystemExit("use_depth=True: no dataset or simulator task here provides depth frames yet (train, eval and "
                      "deploy pass camera images and state only); leave use_depth=False")
@@ -129,7 +131,7 @@ for i, task in enumerate(tasks):
         dist.barrier()
     ds = data.ManipulationDataset(path, image_keys=spec['image_keys'][:1], state_key=spec['state_key'],
                                   chunk_size=action_chunk_size, instruction=(instructions[i] if instructions else '') or None,
-                                  n_obs_steps=n_obs_steps)
+                                  n_obs_steps=n_obs_steps, image_size=(image_size, image_size))  # resized once, decoding
     text = ds.tasks()[0]
     stats = ds.ds.meta.stats
     task_data.append(dict(task=task, path=path, ds=ds, stats=stats, instruction=text, instructions=ds.tasks(),
@@ -156,7 +158,6 @@ def sample_batch(it):
     for i in np.flatnonzero(counts):
         b = task_data[i]['ds'].get_batch(rng.integers(0, len(task_data[i]['ds']), counts[i]))
         b = {key: v.to(device) if torch.is_tensor(v) else v for key, v in b.items()}
-        b['images'] = data.resize_images(b['images'], (image_size, image_size))
         if augment:
             b['images'] = data.augment_batch(b['images'])
         subs.append((int(i), dict(b, task_index=int(i))))

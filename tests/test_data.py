@@ -191,6 +191,28 @@ def test_frame_cache_of_embedded_images_and_episode_subsets(tmp_path, png_root, 
     np.testing.assert_array_equal(data.LeRobotDataset(png_root, cache_dir=cache).frames["observation.image"], whole)
 
 
+def test_frames_resized_while_decoding_match_resize_images_and_have_their_own_cache(tmp_path, png_root, video_root):
+    """image_size resizes each camera while it decodes (an int: the height, the width keeps the aspect), exactly as
+    the policy's live frames are resized; the small frames get their own cache entry; another aspect is refused."""
+    cache = str(tmp_path / "cache")
+    for root in (png_root, video_root):
+        full = data.LeRobotDataset(root, cache_dir="").frames["observation.image"]
+        want = data.resize_images(torch.from_numpy(np.asarray(full)).permute(0, 3, 1, 2), (8, 12)).permute(0, 2, 3, 1)
+        small = data.LeRobotDataset(root, cache_dir=cache, image_size=8).frames["observation.image"]
+        assert small.shape == (len(full), 8, 12, 3)
+        np.testing.assert_array_equal(small, want.numpy())
+        again = data.LeRobotDataset(root, cache_dir=cache, image_size=(8, 12)).frames["observation.image"]
+        assert isinstance(again, np.memmap)  # the int and the (H, W) of one size share the entry
+        np.testing.assert_array_equal(again, small)
+        md = data.ManipulationDataset(root, image_keys=["observation.image"], chunk_size=2, image_size=8)
+        assert md.get_batch([0, 1])["images"].shape == (2, 1, 3, 8, 12)
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 2  # one per dataset; full size never cached here
+    with pytest.raises(ValueError, match="aspect ratio"):
+        data.LeRobotDataset(png_root, cache_dir=cache, image_size=(8, 8))
+    with pytest.raises(ValueError, match="must be positive"):
+        data.LeRobotDataset(png_root, cache_dir=cache, image_size=-8)
+
+
 def test_append_episodes_for_dagger(tmp_path, episodes):
     root = write(tmp_path / "ds", episodes[:2])
     more = make_episodes(seed=1, lengths=[4, 3])

@@ -119,9 +119,11 @@ def test_nan_loss_exits_nonzero_with_message(tiny_dataset, tmp_path):
 def test_overrides_reach_the_script(tiny_dataset, tmp_path):
     out = str(tmp_path / 'cfg')
     train(TINY + [f'--dataset={tiny_dataset}', f'--out_dir={out}', '--max_iters=3', '--ckpt_interval=3',
-                  '--learning_rate=1e-3', '--warmup_iters=0', '--lr_decay_iters=1000'])
+                  '--learning_rate=1e-3', '--warmup_iters=0', '--lr_decay_iters=1000', '--image_size=48'])
     cfg = json.load(open(os.path.join(out, 'train_config.json')))
     assert cfg['learning_rate'] == 1e-3 and cfg['max_iters'] == 3
+    model_cfg = json.load(open(os.path.join(out, 'config.json')))  # the 96x96 frames were resized while decoding
+    assert (model_cfg['config']['image_size'], model_cfg['config']['image_width']) == (48, 0)
     first = json.loads(open(os.path.join(out, 'log.jsonl')).readline())
     assert abs(first['lr'] - 1e-3) < 1e-6  # the cosine schedule starts at the overridden rate
 
@@ -300,3 +302,78 @@ def test_eval_workers_run_the_same_episodes(head_runs):
     assert [e['seed'] for e in two['episodes']] == [100_000, 100_001, 100_002]
     with pytest.raises(ValueError, match='checkpoint'):
         ev.evaluate(object(), num_workers=2)  # a policy object cannot travel to the workers
+
+
+def test_a_dataset_without_a_simulator_trains_validates_open_loop_and_carries_its_shield(tiny_dataset, tmp_path):
+    """train_bc.py --dataset with no --task: the last episode is held out and scored open loop (per action dim, in
+    the action's units); the checkpoint carries shield limits measured on its data, which an export keeps; eval.py
+    and deploy.py's simulator say there is nothing to run it in."""
+    import data
+    import deploy
+    out = str(tmp_path / 'real')
+    args = TINY + [f'--dataset={tiny_dataset}', f'--out_dir={out}', '--max_iters=4', '--ckpt_interval=4',
+                   '--eval_interval=2']
+    r = subprocess.run([sys.executable, 'train_bc.py'] + args, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert 'no simulator: 1 held-out episodes (24 frames)' in r.stdout
+    m = json.load(open(os.path.join(out, 'eval.json')))
+    assert m['episodes'] == 1 and set(m['action_mae_per_dim']) == {'x', 'y'}
+    assert m['scored_actions'] == 24 * 8 - sum(range(1, 8))  # the first 8 actions of each frame's chunk, in the episode
+    assert m['action_mae'] == pytest.approx(np.mean(list(m['action_mae_per_dim'].values())))
+    log = [json.loads(line) for line in open(os.path.join(out, 'log.jsonl'))]
+    assert [r['iter'] for r in log if 'eval_action_mae' in r] == [2] and log[-1]['val_action_mae'] == m['action_mae']
+    limits = json.load(open(os.path.join(out, 'config.json')))['policy']['tasks'][0]['limits']
+    train = data.LeRobotDataset(tiny_dataset, episodes=[0, 1], camera_keys=[])  # the limits come from training data
+    assert limits == data.action_limits(train)
+    a = train.columns['action']
+    np.testing.assert_allclose(limits['action_low'], a.min(0), rtol=1e-6)
+    shield, rest = deploy.make_shield('unused', 2, limits)
+    assert rest is None and shield.max_step.tolist() == pytest.approx(limits['max_step_change'])
+    r = subprocess.run([sys.executable, 'eval.py', f'--ckpt={out}', '--episodes=1'], cwd=REPO, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode != 0 and 'which has no simulator' in r.stderr and 'eval.json' in r.stderr
+    r = subprocess.run([sys.executable, 'train_dagger.py', f'--init_from={out}'], cwd=REPO, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode != 0 and 'which has no simulator: DAgger needs one' in r.stderr
+    r = subprocess.run([sys.executable, 'deploy.py', 'export', f'--ckpt={out}'], cwd=REPO, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = subprocess.run([sys.executable, 'deploy.py', 'run', f'--policy={out}/policy.pt', '--trust_exported_code=True',
+                        '--episodes=1'], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and 'which has no simulator' in r.stderr
+
+
+SO101 = os.path.join(REPO, '..', 'shared', 'datasets', 'so101_record_test_v30')
+
+
+@pytest.mark.skipif(not os.path.exists(SO101), reason="../shared/datasets/so101_record_test_v30 not present")
+def test_a_real_so101_recording_trains_without_a_simulator(tmp_path):
+    """The SO-101 recording (LeRobot v3.0, 4 episodes at 30 fps, two 480x640 cameras whose videos were not uploaded:
+    stand-in mp4s of the same size and length here) trains with only --dataset, resized to 48x64 while decoding;
+    the held-out episode is scored per joint, in the recording's units."""
+    import shutil
+
+    import av
+    root = tmp_path / 'so101'
+    shutil.copytree(SO101, root)
+    for cam in ('front', 'top'):
+        path = root / 'videos' / f'observation.images.{cam}' / 'chunk-000' / 'file-000.mp4'
+        path.parent.mkdir(parents=True)
+        with av.open(str(path), 'w') as out:
+            stream = out.add_stream('libx264', rate=30, options={'preset': 'ultrafast'})
+            stream.width, stream.height, stream.pix_fmt = 640, 480, 'yuv420p'
+            for t in range(1492):
+                img = np.full((480, 640, 3), (t % 256, 80, 160 if cam == 'top' else 40), np.uint8)
+                out.mux(stream.encode(av.VideoFrame.from_ndarray(img, format='rgb24')))
+            out.mux(stream.encode())
+    out = str(tmp_path / 'out')
+    r = subprocess.run([sys.executable, 'train_bc.py', f'--dataset={root}', f'--out_dir={out}', '--image_size=48',
+                        '--max_iters=2', '--ckpt_interval=2'] + TINY, cwd=REPO, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.load(open(os.path.join(out, 'eval.json')))
+    assert m['episodes'] == 1 and m['scored_actions'] == 373 * 8 - sum(range(1, 8))  # episode 3, 373 frames
+    assert list(m['action_mae_per_dim']) == ['shoulder_pan.pos', 'shoulder_lift.pos', 'elbow_flex.pos',
+                                             'wrist_flex.pos', 'wrist_roll.pos', 'gripper.pos']
+    cfg = json.load(open(os.path.join(out, 'config.json')))
+    assert (cfg['config']['image_size'], cfg['config']['image_width'], cfg['config']['num_cameras']) == (48, 64, 2)
