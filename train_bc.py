@@ -111,7 +111,7 @@ if use_depth:  # model.py can encode depth, but nothing here feeds it: refuse no
                      "deploy pass camera images and state only); leave use_depth=False")
 try:  # without a simulator, the dataset's meta/info.json stands in for the task table's entry
     task_spec = envs.TASKS[task] if simulated else data.dataset_spec(dataset)
-except (OSError, ValueError) as e:
+except (OSError, ValueError, RuntimeError) as e:  # RuntimeError: a hub id that could not be downloaded
     raise SystemExit(f"--dataset={dataset}: {e}") from e
 if augment_mirror and 'mirror_line' not in task_spec:
     raise SystemExit(f"--augment_mirror needs a task whose scene is mirror-symmetric (a mirror_line in tasks.py): "

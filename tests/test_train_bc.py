@@ -377,3 +377,40 @@ def test_a_real_so101_recording_trains_without_a_simulator(tmp_path):
                                              'wrist_flex.pos', 'wrist_roll.pos', 'gripper.pos']
     cfg = json.load(open(os.path.join(out, 'config.json')))
     assert (cfg['config']['image_size'], cfg['config']['image_width'], cfg['config']['num_cameras']) == (48, 64, 2)
+
+
+def test_the_libero_preset_trains_on_a_stand_in_from_the_hub_cache(tmp_path):
+    """--task=libero (config/libero.py) on a stand-in with LIBERO's schema (v3.0, 10 fps, two 256x256 mp4 cameras,
+    state 8, action 7) placed where huggingface_hub keeps a downloaded 'lerobot/libero', read offline through
+    snapshot_download as a user's download is; the frames reach the policy at the preset's 96x96."""
+    import dataset_writer
+    snapshot = tmp_path / 'hub' / 'datasets--lerobot--libero' / 'snapshots' / ('0' * 40)
+    features = {f'observation.images.{k}': {'dtype': 'video', 'shape': [256, 256, 3],
+                                            'names': ['height', 'width', 'channels']} for k in ('image', 'image2')}
+    features.update({'observation.state': {'dtype': 'float32', 'shape': [8], 'names': None},
+                     'action': {'dtype': 'float32', 'shape': [7], 'names': None}})
+    writer = dataset_writer.LeRobotDatasetWriter(snapshot, fps=10, features=features, robot_type='panda',
+                                                 use_videos=True)
+    rng = np.random.default_rng(0)
+    for e in range(3):
+        for t in range(12):
+            frame = {k: np.full((256, 256, 3), (20 * t + 60 * e) % 256, np.uint8) for k in features if 'images' in k}
+            frame.update({'observation.state': rng.normal(size=8).astype(np.float32),
+                          'action': rng.normal(size=7).astype(np.float32)})
+            writer.add_frame(frame, task='put the bowl on the plate')
+        writer.save_episode()
+    writer.finalize()
+    (tmp_path / 'hub' / 'datasets--lerobot--libero' / 'refs').mkdir()
+    (tmp_path / 'hub' / 'datasets--lerobot--libero' / 'refs' / 'main').write_text('0' * 40)
+    env = dict(os.environ, HF_HUB_CACHE=str(tmp_path / 'hub'), HF_HUB_OFFLINE='1')
+    out = str(tmp_path / 'out')
+    r = subprocess.run([sys.executable, 'train_bc.py', '--task=libero', f'--out_dir={out}', '--max_iters=2',
+                        '--ckpt_interval=2', '--batch_size=8', '--warmup_iters=1'], cwd=REPO, capture_output=True,
+                       text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert 'no simulator: 1 held-out episodes (12 frames)' in r.stdout
+    m = json.load(open(os.path.join(out, 'eval.json')))
+    assert m['episodes'] == 1 and len(m['action_mae_per_dim']) == 7
+    cfg = json.load(open(os.path.join(out, 'config.json')))
+    assert (cfg['config']['image_size'], cfg['config']['image_width'], cfg['config']['num_cameras']) == (96, 0, 2)
+    assert cfg['policy']['tasks'][0]['task'] == 'lerobot/libero'
