@@ -400,8 +400,9 @@ class LeRobotDataset(torch.utils.data.Dataset):
         src_shape, video = tuple(self.features[key]["shape"]), self.features[key]["dtype"] == "video"
         hw = _target_hw(src_shape[:2], self.image_size)
         shape = (*hw, src_shape[2])
-        if shape != src_shape:  # refuse another aspect ratio now, before any decoding (resize_images checks it)
-            resize_images(torch.zeros(1, 3, *src_shape[:2], dtype=torch.uint8), hw)
+        if not same_aspect(src_shape[:2], hw):  # refused now, before any decoding
+            raise ValueError(f"image_size={self.image_size}: {key} is {src_shape[0]}x{src_shape[1]} (HxW), a different "
+                             f"aspect ratio; pass an int height (the width follows) or a size of the same aspect ratio")
         if video:
             self._check_files(eps, key)
         sources = dict.fromkeys(self.meta.episode_file(e, key if video else None) for e in eps)
@@ -666,14 +667,14 @@ class ManipulationDataset(torch.utils.data.Dataset):
 
 def dataset_spec(repo_id_or_path):
     """A dataset with no simulator -> what train_bc.py reads from a tasks.TASKS entry: its cameras, state key, fps
-    and frame size, from meta/info.json alone (nothing is decoded)."""
+    and frame size, from meta/info.json alone (nothing is decoded), and its local root (a hub id is resolved once)."""
     root = _resolve_root(repo_id_or_path)
     meta = LeRobotDatasetMetadata(root)
     missing = [k for k in ("observation.state", "action") if k not in meta.features]
     if missing or not meta.camera_keys:
         raise ValueError(f"{root} has no {missing or 'camera'} feature: a policy needs cameras, "
                          f"'observation.state' and 'action'; its features are {sorted(meta.features)}")
-    return dict(fps=meta.fps, image_keys=list(meta.camera_keys), state_key="observation.state",
+    return dict(root=str(root), fps=meta.fps, image_keys=list(meta.camera_keys), state_key="observation.state",
                 image_size=meta.features[meta.camera_keys[0]]["shape"][0],
                 episodes=[e["episode_index"] for e in meta.episodes])
 
@@ -724,12 +725,17 @@ def frame_to_model_input(frame, image_keys, state_key="observation.state", image
     return out
 
 
+def same_aspect(hw, other_hw):
+    """Can frames of size hw be resized to other_hw without distortion (aspect ratios within 2%)?"""
+    return abs(hw[0] / hw[1] - other_hw[0] / other_hw[1]) <= 0.02
+
+
 def resize_images(images, image_hw):
     """uint8 (..., 3, h, w) -> (..., 3, H, W) for image_hw = (H, W); identity when the size already matches."""
     (h, w), (H, W) = images.shape[-2:], image_hw
     if (h, w) == (H, W):
         return images
-    if abs(h / w - H / W) > 0.02:
+    if not same_aspect((h, w), (H, W)):
         raise ValueError(f"camera frames are {h}x{w} (HxW) but the policy was trained on {H}x{W} frames, a different "
                          f"aspect ratio: render or crop the camera to {H}x{W} (the training data's size)")
     x = torch.nn.functional.interpolate(images.flatten(0, -4).float(), size=(H, W), mode="bilinear",

@@ -135,7 +135,9 @@ if master_process:
 
 # -----------------------------------------------------------------------------
 # data: a LeRobot dataset; for the simulated tasks we record it with the task's expert
-dataset_path = dataset or os.path.join('data', f'{task}_{dataset_episodes}ep')  # (with no task: --dataset)
+dataset_path = dataset or os.path.join('data', f'{task}_{dataset_episodes}ep')
+if not simulated:  # the folder dataset_spec resolved: the two splits below open it without asking the hub again
+    dataset_path = task_spec['root']
 if not dataset:
     if master_process:
         train_common.record_if_missing(dataset_path, lambda tmp: envs.record_demonstrations(
@@ -146,10 +148,10 @@ if not dataset:
 val_set = None
 if not simulated:  # hold out the last episodes: validation replays their frames and scores the predicted actions
     episode_ids = train_episodes or task_spec['episodes']
-    n_val = min(max(1, round(val_fraction * len(episode_ids))), len(episode_ids) - 1)
     if len(episode_ids) < 2:
         raise SystemExit(f"{dataset} has {len(episode_ids)} episode(s) to train on: validation without a simulator "
                          f"holds out whole episodes, so it needs at least 2")
+    n_val = min(max(1, round(val_fraction * len(episode_ids))), len(episode_ids) - 1)
     train_episodes, val_episodes = episode_ids[:-n_val], episode_ids[-n_val:]
     val_set = data.ManipulationDataset(dataset_path, image_keys=task_spec['image_keys'],
                                        state_key=task_spec['state_key'], chunk_size=action_chunk_size,
@@ -310,8 +312,9 @@ def open_loop_error(batch_size=256):
             err = err + ((pred - b['action'][:, :n_action_steps]).abs() * keep).sum((0, 1))
             n += int(keep.sum())
     mae = (err / max(n, 1)).cpu()
-    names = meta.features['action'].get('names') or [f'action_{j}' for j in range(len(mae))]
-    names = names if len(names) == len(mae) else [f'action_{j}' for j in range(len(mae))]
+    names = meta.features['action'].get('names')
+    if not names or len(names) != len(mae):
+        names = [f'action_{j}' for j in range(len(mae))]
     return dict(action_mae=float(mae.mean()), action_mae_per_dim=dict(zip(names, mae.tolist())),
                 scored_actions=n, episodes=len(val_set.ds.episodes))
 
@@ -403,7 +406,7 @@ if ddp:
 # final evaluation on held-out test seeds, curves and a summary line
 if master_process:
     if not simulated:  # the held-out episodes once more, with the final weights (no test seeds without a simulator)
-        m = evaluate(0, 0)
+        m = open_loop_error()
         train_common.write_json(os.path.join(out_dir, 'eval.json'), m)
         train_common.append_log(log_path, dict(iter=max_iters, val_action_mae=m['action_mae'],
                                                time=time.time() - t_start, train_time=train_seconds))
