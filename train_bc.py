@@ -397,9 +397,9 @@ pbar.close()
 train_seconds = time.time() - t_start - eval_seconds
 train_minutes = (time.time() - t_start) / 60
 
-# DDP sanity check: every rank must hold identical parameters after training
+# DDP sanity check: every rank must hold identical parameters after training; the process group closes here
 if ddp:
-    train_common.check_ddp_identical(raw_model, device, world_size)
+    train_common.finish_ddp(raw_model, device, world_size)
     print0(f"DDP: parameters identical across {world_size} ranks")
 
 # -----------------------------------------------------------------------------
@@ -443,5 +443,3 @@ if master_process:
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, 'curves.png'))
     print0(f"done: {max_iters} iterations in {train_minutes:.1f} min; {summary}; checkpoint in {out_dir}")
-if ddp:
-    dist.destroy_process_group()

@@ -240,14 +240,20 @@ def restore_training_tensors(tensors, param_groups, model, ema_model, optimizer,
         torch.cuda.set_rng_state(tensors['rng.cuda'])
 
 
-def check_ddp_identical(model, device, world_size):
-    """After DDP training every rank must hold the same parameters (a silent divergence would save one rank's
-    model and evaluate another's): compare a checksum of all of them across ranks."""
+def finish_ddp(model, device, world_size):
+    """End the distributed part of a run, on every rank at once. After DDP training every rank must hold the
+    same parameters (a silent divergence would save one rank's model and evaluate another's): compare a
+    checksum of all of them across ranks. Then all ranks leave the process group together: a rank that
+    tears down its gloo connections while a peer is still using them aborts the peer's process, which is
+    why the group closes here and not after rank 0's (long) final evaluation."""
     import torch.distributed as dist
     checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).to(device)
     gathered = [torch.zeros_like(checksum) for _ in range(world_size)]
     dist.all_gather(gathered, checksum)
-    if not all(torch.equal(g, gathered[0]) for g in gathered):
+    identical = all(torch.equal(g, gathered[0]) for g in gathered)
+    dist.barrier()
+    dist.destroy_process_group()
+    if not identical:
         raise SystemExit("DDP: parameters differ across ranks after training")
 
 

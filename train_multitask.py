@@ -307,8 +307,8 @@ for it in pbar:
         save_training_state(step, best_success)
 pbar.close()
 print0(f"trained {max_iters} iterations in {(time.time() - t_start) / 60:.1f} min")
-if ddp:  # every rank must hold the same parameters after training
-    train_common.check_ddp_identical(raw_model, device, world_size)
+if ddp:  # every rank must hold the same parameters after training; the process group closes here
+    train_common.finish_ddp(raw_model, device, world_size)
 
 # -----------------------------------------------------------------------------
 # final per-task evaluation on held-out test seeds, each task in its own simulator
@@ -318,5 +318,3 @@ if master_process and eval_episodes > 0:
         print(f"{label}: success {m['success_rate']:.2f} over {eval_episodes} held-out episodes "
               f"(avg max reward {m['avg_max_reward']:.3f})")
     train_common.write_json(os.path.join(out_dir, 'eval.json'), results)
-if ddp:
-    dist.destroy_process_group()
