@@ -665,18 +665,22 @@ class ManipulationDataset(torch.utils.data.Dataset):
         return {k: v[0] for k, v in self.get_batch([i]).items()}
 
 
-def dataset_spec(repo_id_or_path):
-    """A dataset with no simulator -> what train_bc.py reads from a tasks.TASKS entry: its cameras, state key, fps
-    and frame size, from meta/info.json alone (nothing is decoded), and its local root (a hub id is resolved once)."""
+def dataset_spec(repo_id_or_path, cameras=None):
+    """A dataset with no simulator -> what train_bc.py reads from a tasks.TASKS entry: its cameras (all, or the keys
+    in `cameras`: Bridge's image_1..3 are often blank), state key, fps and frame size, from meta/info.json alone
+    (nothing is decoded), and its local root (a hub id is resolved once)."""
     root = _resolve_root(repo_id_or_path)
     meta = LeRobotDatasetMetadata(root)
     missing = [k for k in ("observation.state", "action") if k not in meta.features]
     if missing or not meta.camera_keys:
         raise ValueError(f"{root} has no {missing or 'camera'} feature: a policy needs cameras, "
                          f"'observation.state' and 'action'; its features are {sorted(meta.features)}")
-    return dict(root=str(root), fps=meta.fps, image_keys=list(meta.camera_keys), state_key="observation.state",
-                image_size=meta.features[meta.camera_keys[0]]["shape"][0],
-                episodes=[e["episode_index"] for e in meta.episodes])
+    keys = list(cameras or meta.camera_keys)
+    unknown = [k for k in keys if k not in meta.camera_keys]
+    if unknown:
+        raise ValueError(f"cameras {unknown} are not cameras of {root}; its cameras are {meta.camera_keys}")
+    return dict(root=str(root), fps=meta.fps, image_keys=keys, state_key="observation.state",
+                image_size=meta.features[keys[0]]["shape"][0], episodes=[e["episode_index"] for e in meta.episodes])
 
 
 def action_limits(ds):

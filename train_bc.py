@@ -28,6 +28,7 @@ from tqdm import tqdm
 task = ''  # a key of envs.TASKS (simulator, expert, cameras); '' = pusht, or with --dataset: no simulator (below)
 out_dir = ''  # '' = out/<task>, or out/<the dataset's name>
 dataset = ''  # LeRobot dataset: local folder or hub id; '' = data/<task>_<N>ep, recorded by the expert if missing
+cameras = ''  # no simulator: the dataset's camera keys to use, comma-separated; '' = all of them
 val_fraction = 0.1  # no simulator: the share of episodes (the last ones, at least 1) held out for open-loop validation
 dataset_episodes = 200  # expert episodes to record when the dataset is missing
 dataset_video = False  # store recorded images as mp4 (True) or PNG in parquet (False)
@@ -109,8 +110,12 @@ if not 1 <= n_action_steps <= action_chunk_size:
 if use_depth:  # model.py can encode depth, but nothing here feeds it: refuse now instead of at the first forward pass
     raise SystemExit("use_depth=True: no dataset or simulator task here provides depth frames yet (train, eval and "
                      "deploy pass camera images and state only); leave use_depth=False")
+if simulated and cameras:
+    raise SystemExit(f"--cameras picks the cameras of a dataset with no simulator; {task}'s cameras are its "
+                     f"simulator's ({', '.join(envs.TASKS[task]['image_keys'])}): leave cameras=''")
 try:  # without a simulator, the dataset's meta/info.json stands in for the task table's entry
-    task_spec = envs.TASKS[task] if simulated else data.dataset_spec(dataset)
+    task_spec = envs.TASKS[task] if simulated else data.dataset_spec(dataset, [c.strip() for c in cameras.split(',')
+                                                                              if c.strip()])
 except (OSError, ValueError, RuntimeError) as e:  # RuntimeError: a hub id that could not be downloaded
     raise SystemExit(f"--dataset={dataset}: {e}") from e
 if augment_mirror and 'mirror_line' not in task_spec:

@@ -44,3 +44,72 @@ def check_checkpoint_runs(ckpt, task=''):
     assert metrics['n_episodes'] == 1 and (not task or metrics['task'] == task)
     assert os.path.getsize(os.path.join(ckpt, 'check.pt')) > 0
     assert 'over 1 episodes' in r.stdout.split('$ python deploy.py run')[-1]  # deploy run's summary line
+
+
+def hub_stand_in(hub_dir, repo_id, version, fps, cameras, state_dim, action_dim, episodes=3, length=12,
+                 task='put the bowl on the plate'):
+    """A dataset with a hub dataset's schema (codebase version, fps, camera keys and (H, W), state and action
+    sizes), placed where huggingface_hub keeps a downloaded `repo_id`, so that the code reads it offline through
+    snapshot_download as it reads a user's download. v3.0 comes from our writer; v2.0 is written as lerobot <= 0.2
+    wrote it (one parquet and one AV1 mp4 per camera per episode, JSON-lines meta, meta/stats.json). Frame t of
+    episode e is filled with (20 t + 60 e) % 256. -> the environment to run a script in (HF_HUB_CACHE, offline)."""
+    import av
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from pathlib import Path
+    sys.path.insert(0, REPO)
+    import dataset_writer
+
+    repo_dir = Path(hub_dir) / ('datasets--' + repo_id.replace('/', '--'))
+    root = repo_dir / 'snapshots' / ('0' * 40)
+    features = {k: {'dtype': 'video', 'shape': [h, w, 3], 'names': ['height', 'width', 'channels']}
+                for k, (h, w) in cameras.items()}
+    features.update({'observation.state': {'dtype': 'float32', 'shape': [state_dim], 'names': None},
+                     'action': {'dtype': 'float32', 'shape': [action_dim], 'names': None}})
+    rng = np.random.default_rng(0)
+    eps = [[{**{k: np.full((h, w, 3), (20 * t + 60 * e) % 256, np.uint8) for k, (h, w) in cameras.items()},
+             'observation.state': rng.normal(size=state_dim).astype(np.float32),
+             'action': rng.normal(size=action_dim).astype(np.float32)} for t in range(length)] for e in range(episodes)]
+    if version == 'v3.0':
+        writer = dataset_writer.LeRobotDatasetWriter(root, fps=fps, features=features, use_videos=True)
+        for frames in eps:
+            for frame in frames:
+                writer.add_frame(frame, task=task)
+            writer.save_episode()
+        writer.finalize()
+    else:
+        info = {'codebase_version': version, 'robot_type': 'stand-in', 'total_episodes': episodes, 'fps': fps,
+                'total_frames': episodes * length, 'total_tasks': 1, 'chunks_size': 1000,
+                'features': features | dataset_writer.DEFAULT_FEATURES,
+                'data_path': 'data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet',
+                'video_path': 'videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4'}
+        (root / 'meta').mkdir(parents=True)
+        (root / 'meta/info.json').write_text(json.dumps(info))
+        (root / 'meta/tasks.jsonl').write_text(json.dumps({'task_index': 0, 'task': task}))
+        (root / 'meta/episodes.jsonl').write_text('\n'.join(
+            json.dumps({'episode_index': e, 'tasks': [task], 'length': length}) for e in range(episodes)))
+        all_frames = [f for frames in eps for f in frames]
+        stats = {k: {s: v.tolist() for s, v in dataset_writer.compute_stats(np.stack([f[k] for f in all_frames])).items()}
+                 for k in features}
+        (root / 'meta/stats.json').write_text(json.dumps(stats))
+        for e, frames in enumerate(eps):
+            table = pa.table({'observation.state': [f['observation.state'].tolist() for f in frames],
+                              'action': [f['action'].tolist() for f in frames],
+                              'timestamp': pa.array(np.arange(length, dtype=np.float32) / fps),
+                              'frame_index': np.arange(length), 'episode_index': np.full(length, e),
+                              'index': np.arange(e * length, (e + 1) * length), 'task_index': np.zeros(length, int)})
+            (root / 'data/chunk-000').mkdir(parents=True, exist_ok=True)
+            pq.write_table(table, root / f'data/chunk-000/episode_{e:06d}.parquet')
+            for k, (h, w) in cameras.items():
+                path = root / f'videos/chunk-000/{k}/episode_{e:06d}.mp4'
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with av.open(str(path), 'w') as c:
+                    s = c.add_stream('libsvtav1', rate=fps)
+                    s.width, s.height, s.pix_fmt = w, h, 'yuv420p'
+                    for f in frames:
+                        c.mux(s.encode(av.VideoFrame.from_ndarray(f[k], format='rgb24')))
+                    c.mux(s.encode())
+    (repo_dir / 'refs').mkdir()
+    (repo_dir / 'refs' / 'main').write_text('0' * 40)
+    return dict(os.environ, HF_HUB_CACHE=str(hub_dir), HF_HUB_OFFLINE='1')

@@ -12,6 +12,7 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+from conftest import hub_stand_in  # noqa: E402
 TINY = ['--vision_encoder=cnn', '--batch_size=8', '--warmup_iters=2', '--log_interval=1', '--eval_interval=0',
         '--final_eval_episodes=0', '--augment=True']
 
@@ -341,6 +342,13 @@ def test_a_dataset_without_a_simulator_trains_validates_open_loop_and_carries_it
     r = subprocess.run([sys.executable, 'deploy.py', 'run', f'--policy={out}/policy.pt', '--trust_exported_code=True',
                         '--episodes=1'], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and 'which has no simulator' in r.stderr
+    r = subprocess.run([sys.executable, 'train_bc.py', f'--dataset={tiny_dataset}', '--cameras=observation.images.top'],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)  # --cameras names a camera it lacks
+    assert r.returncode != 0 and "cameras ['observation.images.top'] are not cameras of" in r.stderr
+    assert "its cameras are ['observation.image']" in r.stderr
+    r = subprocess.run([sys.executable, 'train_bc.py', '--task=pusht', '--cameras=observation.image'], cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and '--cameras picks the cameras of a dataset with no simulator' in r.stderr
 
 
 SO101 = os.path.join(REPO, '..', 'shared', 'datasets', 'so101_record_test_v30')
@@ -379,38 +387,36 @@ def test_a_real_so101_recording_trains_without_a_simulator(tmp_path):
     assert (cfg['config']['image_size'], cfg['config']['image_width'], cfg['config']['num_cameras']) == (48, 64, 2)
 
 
-def test_the_libero_preset_trains_on_a_stand_in_from_the_hub_cache(tmp_path):
-    """--task=libero (config/libero.py) on a stand-in with LIBERO's schema (v3.0, 10 fps, two 256x256 mp4 cameras,
-    state 8, action 7) placed where huggingface_hub keeps a downloaded 'lerobot/libero', read offline through
-    snapshot_download as a user's download is; the frames reach the policy at the preset's 96x96."""
-    import dataset_writer
-    snapshot = tmp_path / 'hub' / 'datasets--lerobot--libero' / 'snapshots' / ('0' * 40)
-    features = {f'observation.images.{k}': {'dtype': 'video', 'shape': [256, 256, 3],
-                                            'names': ['height', 'width', 'channels']} for k in ('image', 'image2')}
-    features.update({'observation.state': {'dtype': 'float32', 'shape': [8], 'names': None},
-                     'action': {'dtype': 'float32', 'shape': [7], 'names': None}})
-    writer = dataset_writer.LeRobotDatasetWriter(snapshot, fps=10, features=features, robot_type='panda',
-                                                 use_videos=True)
-    rng = np.random.default_rng(0)
-    for e in range(3):
-        for t in range(12):
-            frame = {k: np.full((256, 256, 3), (20 * t + 60 * e) % 256, np.uint8) for k in features if 'images' in k}
-            frame.update({'observation.state': rng.normal(size=8).astype(np.float32),
-                          'action': rng.normal(size=7).astype(np.float32)})
-            writer.add_frame(frame, task='put the bowl on the plate')
-        writer.save_episode()
-    writer.finalize()
-    (tmp_path / 'hub' / 'datasets--lerobot--libero' / 'refs').mkdir()
-    (tmp_path / 'hub' / 'datasets--lerobot--libero' / 'refs' / 'main').write_text('0' * 40)
-    env = dict(os.environ, HF_HUB_CACHE=str(tmp_path / 'hub'), HF_HUB_OFFLINE='1')
+SQUARE = (256, 256)
+
+
+@pytest.mark.parametrize('preset, repo_id, version, fps, cameras, dims, used, args', [
+    ('libero', 'lerobot/libero', 'v3.0', 10, {'image': SQUARE, 'image2': SQUARE}, (8, 7), 2, []),
+    ('libero', 'lerobot/libero_10', 'v3.0', 10, {'image': SQUARE, 'wrist_image': SQUARE}, (8, 7), 2,
+     ['--dataset=lerobot/libero_10']),  # a suite: its wrist camera has another name
+    ('bridge', 'IPEC-COMMUNITY/bridge_orig_lerobot', 'v2.0', 5, {f'image_{i}': SQUARE for i in range(4)}, (8, 7), 1, []),
+    ('droid', 'lerobot/droid_100', 'v2.0', 15, {k: (180, 320) for k in ('exterior_image_1_left', 'exterior_image_2_left',
+                                                                         'wrist_image_left')}, (8, 8), 3, []),
+])
+def test_the_dataset_presets_train_on_stand_ins_from_the_hub_cache(tmp_path, preset, repo_id, version, fps, cameras,
+                                                                    dims, used, args):
+    """--task=<preset> for the datasets with no simulator (config/libero.py, bridge.py, droid.py) on a stand-in with
+    the hub dataset's schema (codebase version, fps, camera keys and sizes, AV1 videos for v2.0, state and action
+    sizes) placed where huggingface_hub keeps a download, read offline through snapshot_download as a user's download
+    is: the preset's cameras reach the policy at its image size, and validation holds out the last episode."""
+    env = hub_stand_in(tmp_path / 'hub', repo_id, version, fps, {f'observation.images.{k}': hw for k, hw in
+                                                                  cameras.items()}, *dims)
     out = str(tmp_path / 'out')
-    r = subprocess.run([sys.executable, 'train_bc.py', '--task=libero', f'--out_dir={out}', '--max_iters=2',
-                        '--ckpt_interval=2', '--batch_size=8', '--warmup_iters=1'], cwd=REPO, capture_output=True,
-                       text=True, timeout=600, env=env)
+    r = subprocess.run([sys.executable, 'train_bc.py', f'--task={preset}', f'--out_dir={out}', '--max_iters=2',
+                        '--ckpt_interval=2', '--batch_size=8', '--warmup_iters=1'] + args, cwd=REPO,
+                       capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert 'no simulator: 1 held-out episodes (12 frames)' in r.stdout
     m = json.load(open(os.path.join(out, 'eval.json')))
-    assert m['episodes'] == 1 and len(m['action_mae_per_dim']) == 7
+    assert m['episodes'] == 1 and len(m['action_mae_per_dim']) == dims[1]
     cfg = json.load(open(os.path.join(out, 'config.json')))
-    assert (cfg['config']['image_size'], cfg['config']['image_width'], cfg['config']['num_cameras']) == (96, 0, 2)
-    assert cfg['policy']['tasks'][0]['task'] == 'lerobot/libero'
+    h, w = next(iter(cameras.values()))
+    assert (cfg['config']['image_size'], cfg['config']['image_width']) == (96, 0 if h == w else round(96 * w / h))
+    assert cfg['config']['num_cameras'] == used
+    assert cfg['policy']['tasks'][0]['image_keys'] == [f'observation.images.{k}' for k in cameras][:used]
+    assert cfg['policy']['tasks'][0]['task'] == repo_id
