@@ -19,6 +19,11 @@ from data import (CAMERA_DTYPES, CHUNKS_SIZE, CODEBASE_VERSION, DATA_FILE_MB, DA
                   EPISODES_PATH, VIDEO_FILE_MB, VIDEO_PATH, LeRobotDatasetMetadata, _write_json, aggregate_stats)
 
 
+# encoder and its options per codec. g=2: a keyframe every 2 frames keeps random access cheap for lerobot's seeking
+# readers (lerobot writes AV1 with g=2, crf=30)
+VIDEO_CODECS = {"h264": ("libx264", {"g": "2", "crf": "18"}), "av1": ("libsvtav1", {"g": "2", "crf": "30"})}
+
+
 class LeRobotDatasetWriter:
     """Record episodes into the v3.0 layout; used by simulator experts (envs.py) and by DAgger.
 
@@ -31,10 +36,13 @@ class LeRobotDatasetWriter:
         w.save_episode(); ...; w.finalize()
     """
 
-    def __init__(self, root, fps, features, robot_type=None, use_videos=None):
+    def __init__(self, root, fps, features, robot_type=None, use_videos=None, vcodec="h264"):
         """use_videos: cameras as mp4 (True) or PNG in parquet (False); None = as the dataset being appended
-        to stores them (DAgger appends to whatever it was given), PNG for a new one."""
-        self.root, self.fps = Path(root), fps
+        to stores them (DAgger appends to whatever it was given), PNG for a new one. vcodec: 'h264' (fast to
+        write) or 'av1' (what lerobot writes and the hub's datasets hold: SVT-AV1, crf 30)."""
+        if vcodec not in VIDEO_CODECS:
+            raise ValueError(f"vcodec={vcodec!r}: use one of {list(VIDEO_CODECS)}")
+        self.root, self.fps, self.vcodec = Path(root), fps, vcodec
         if use_videos is None:
             info = self.root / "meta/info.json"
             use_videos = info.exists() and "video" in {f["dtype"] for f in json.loads(info.read_text())["features"].values()}
@@ -46,7 +54,7 @@ class LeRobotDatasetWriter:
                 if use_videos and (f["shape"][0] % 2 or f["shape"][1] % 2):
                     raise ValueError(f"{k}: yuv420p video needs even height/width, got {f['shape']}; use_videos=False")
                 elif use_videos:
-                    f["info"] = {"video.height": f["shape"][0], "video.width": f["shape"][1], "video.codec": "h264",
+                    f["info"] = {"video.height": f["shape"][0], "video.width": f["shape"][1], "video.codec": vcodec,
                                  "video.pix_fmt": "yuv420p", "video.is_depth_map": False, "video.fps": fps,
                                  "video.channels": 3, "has_audio": False}
         self.features = feats | DEFAULT_FEATURES
@@ -152,8 +160,8 @@ class LeRobotDatasetWriter:
             path = self.root / VIDEO_PATH.format(video_key=key, chunk_index=c, file_index=f)
             path.parent.mkdir(parents=True, exist_ok=True)
             container = av.open(str(path), "w")
-            # g=2: a keyframe every 2 frames keeps random access cheap for lerobot's seeking readers
-            stream = container.add_stream("libx264", rate=self.fps, options={"g": "2", "crf": "18"})
+            encoder, options = VIDEO_CODECS[self.vcodec]
+            stream = container.add_stream(encoder, rate=self.fps, options=options)
             stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
             v = self.videos[key] = {"container": container, "stream": stream, "frames": 0, "bytes": 0}
         t0 = v["frames"] / self.fps

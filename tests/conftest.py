@@ -50,9 +50,10 @@ def hub_stand_in(hub_dir, repo_id, version, fps, cameras, state_dim, action_dim,
                  task='put the bowl on the plate'):
     """A dataset with a hub dataset's schema (codebase version, fps, camera keys and (H, W), state and action
     sizes), placed where huggingface_hub keeps a downloaded `repo_id`, so that the code reads it offline through
-    snapshot_download as it reads a user's download. v3.0 comes from our writer; v2.0 is written as lerobot <= 0.2
-    wrote it (one parquet and one AV1 mp4 per camera per episode, JSON-lines meta, meta/stats.json). Frame t of
-    episode e is filled with (20 t + 60 e) % 256. -> the environment to run a script in (HF_HUB_CACHE, offline)."""
+    snapshot_download as it reads a user's download. v3.0 comes from our writer (AV1, as the hub's); v2.0 is
+    written as lerobot <= 0.2 wrote it (one parquet and one AV1 mp4 per camera per episode, JSON-lines meta,
+    stats.json). Frame t of episode e is filled with (20 t + 60 e) % 256. -> the environment to run a script in
+    (HF_HUB_CACHE, offline)."""
     import av
     import numpy as np
     import pyarrow as pa
@@ -72,7 +73,7 @@ def hub_stand_in(hub_dir, repo_id, version, fps, cameras, state_dim, action_dim,
              'observation.state': rng.normal(size=state_dim).astype(np.float32),
              'action': rng.normal(size=action_dim).astype(np.float32)} for t in range(length)] for e in range(episodes)]
     if version == 'v3.0':
-        writer = dataset_writer.LeRobotDatasetWriter(root, fps=fps, features=features, use_videos=True)
+        writer = dataset_writer.LeRobotDatasetWriter(root, fps=fps, features=features, use_videos=True, vcodec='av1')
         for frames in eps:
             for frame in frames:
                 writer.add_frame(frame, task=task)
