@@ -134,8 +134,10 @@ def ours_open_and_read(root, batches, batch_size, chunk):
 
 
 def peak_rss_gib():
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    """This process's peak resident memory (VmHWM). Not getrusage's ru_maxrss: Linux carries that across exec, so a
+    worker would report its parent's peak."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 2**20  # kB
 
 
 def run_worker(cmd, env=None):
