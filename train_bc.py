@@ -150,6 +150,15 @@ if not dataset:
             f"recording {dataset_episodes} expert episodes")
     if ddp:
         dist.barrier()
+
+
+def open_split(episodes):
+    """The dataset's frames of these episodes (None = all), as the policy reads them."""
+    return data.ManipulationDataset(dataset_path, image_keys=task_spec['image_keys'], state_key=task_spec['state_key'],
+                                    chunk_size=action_chunk_size, instruction=instruction or None,
+                                    n_obs_steps=n_obs_steps, episodes=episodes, image_size=image_size or None)
+
+
 val_set = None
 if not simulated:  # hold out the last episodes: validation replays their frames and scores the predicted actions
     episode_ids = train_episodes or task_spec['episodes']
@@ -158,16 +167,10 @@ if not simulated:  # hold out the last episodes: validation replays their frames
                          f"holds out whole episodes, so it needs at least 2")
     n_val = min(max(1, round(val_fraction * len(episode_ids))), len(episode_ids) - 1)
     train_episodes, val_episodes = episode_ids[:-n_val], episode_ids[-n_val:]
-    val_set = data.ManipulationDataset(dataset_path, image_keys=task_spec['image_keys'],
-                                       state_key=task_spec['state_key'], chunk_size=action_chunk_size,
-                                       instruction=instruction or None, n_obs_steps=n_obs_steps,
-                                       episodes=val_episodes, image_size=image_size or None)
+    val_set = open_split(val_episodes)
     print0(f"no simulator: {len(val_episodes)} held-out episodes ({len(val_set)} frames) score the open-loop action "
            f"error; pass --task=<{'|'.join(envs.TASKS)}> to evaluate in a simulator instead")
-train_set = data.ManipulationDataset(dataset_path, image_keys=task_spec['image_keys'],
-                                     state_key=task_spec['state_key'], chunk_size=action_chunk_size,
-                                     instruction=instruction or None, n_obs_steps=n_obs_steps,
-                                     episodes=train_episodes, image_size=image_size or None)
+train_set = open_split(train_episodes)
 meta = train_set.ds.meta
 stats = meta.stats
 print0(f"dataset {dataset_path}: {len(train_set)} frames, {len(train_set.ds.episodes)} of its {meta.total_episodes} episodes")
