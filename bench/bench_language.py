@@ -16,6 +16,7 @@ Each episode ends at the side its pusher is nearest (within NEAR px) or 'none'.
     python bench/bench_language.py --out=out/lang/minilm --train_args="--text_encoder=minilm"
     python bench/bench_language.py --out=out/lang/smollm2 --train_args="--text_encoder=smollm2"
     python bench/bench_language.py --out=out/lang/smollm2_dial --augment=20 --train_args="--text_encoder=smollm2"
+    python bench/bench_language.py --out=out/lang/smollm2_side --text_prompt=side --train_args="--text_encoder=smollm2"
 
 --augment=N is instruction augmentation (DIAL, Xiao et al. 2023): SmolLM2-135M-Instruct rewrites each training
 instruction N ways (few-shot prompt, sampled), all-MiniLM-L6-v2 keeps a rewrite only if it is nearer its source's side
@@ -63,6 +64,13 @@ TEST_PARAPHRASES = {  # reported; never in training, not used to choose anything
 NO_SIDE = ["pick up the red cube and lift it", "push the T-shaped block onto the T-shaped target",
            "the weather is lovely today", ""]
 REWRITES = 'instruction_rewrites.json'
+# --text_prompt=side: SmolLM2's sentence prompt asks the question the task turns on, with four TRAINING instructions
+# answered in context (one per side, each from another template); the vector is the state from which the LM would
+# write its answer. Few-shot prompting (Brown et al. 2020) applied to PromptEOL's last-state vectors (Jiang et al. 2023)
+SIDE_PROMPT = ("Which side of the block does each instruction name: left, right, top or bottom?\n\n"
+               + "".join(f"Instruction: {TEMPLATES[k].format(side)}\nSide: {side}\n\n"
+                         for k, side in [(0, 'left'), (1, 'bottom'), (2, 'right'), (3, 'top')])
+               + "Instruction: {}\nSide:")
 OFFSET, STEPS, NEAR = 110.0, 25, 50.0  # goal = block origin + 110 px toward the side; 25 steps; 'at' = within 50 px
 
 
@@ -179,6 +187,8 @@ def main():
     p.add_argument('--episodes', type=int, default=1600, help='training episodes (a quarter per side)')
     p.add_argument('--iters', type=int, default=12000, help='training iterations (12000: the best on validation; RESULTS.md)')
     p.add_argument('--augment', type=int, default=0, help='SmolLM2 rewrites per training instruction (0: none)')
+    p.add_argument('--text_prompt', default='', choices=['', 'side'],
+                   help="'side': train with --text_prompt=SIDE_PROMPT (needs a causal --text_encoder in --train_args)")
     p.add_argument('--train_args', default='', help='more train_bc.py flags, e.g. "--text_encoder=minilm"')
     p.add_argument('--seeds', type=int, default=10, help='held-out test seeds per instruction')
     p.add_argument('--sets', default='trained,val,test,no_side', help='which instruction sets to evaluate')
@@ -199,7 +209,8 @@ def main():
     if not os.path.exists(os.path.join(ckpt, 'model.safetensors')):
         subprocess.run([sys.executable, os.path.join(REPO, 'train_bc.py'), '--task=pusht', f'--dataset={args.data}',
                         f'--out_dir={ckpt}', f'--max_iters={args.iters}', '--eval_interval=0',
-                        '--final_eval_episodes=0', *shlex.split(args.train_args)], check=True, cwd=REPO)
+                        '--final_eval_episodes=0', *shlex.split(args.train_args),
+                        *([f'--text_prompt={SIDE_PROMPT}'] if args.text_prompt == 'side' else [])], check=True, cwd=REPO)
     import deploy
     from policy import VLAPolicy, instruction_check
     from model import ManipulationVLA

@@ -4,10 +4,11 @@ training instructions of bench_language.py (their side as the label), read on it
 an upper bound on what a linear map from that vector (the policy's text_proj) can carry to new words, without
 the policy's other inputs. Vectors raw (unit length, as the policy reads them) or standardized per dimension over
 the 24 (std floored at a tenth of its mean). Also the nearest trained instruction's side (cosine), the map that
-needs no fitting. For a causal LM, --prompts tries other sentence prompts than PromptEOL (model.SentenceEncoder).
+needs no fitting. For a causal LM, --prompts tries other sentence prompts than PromptEOL (model.SentenceEncoder),
+and the LM's own next word among the four side words is read too (meaningful for prompts that ask for the side).
 
     python bench/probe_language.py --encoder=smollm2
-    python bench/probe_language.py --encoder=smollm2 --prompts=eol,openvla,where
+    python bench/probe_language.py --encoder=smollm2 --prompts=eol,openvla,where,side
 """
 import argparse
 import os
@@ -42,11 +43,20 @@ def nearest_accuracy(x, y, sets):
     return [float((y[(F.normalize(xs, dim=-1) @ x.T).argmax(1)] == ys).float().mean()) for xs, ys in sets]
 
 
+def answer_accuracy(enc, sets, sides):
+    """A causal LM's own answer: its next word after the prompt, among the four side words (its output embeddings
+    are its input embeddings, tied), read from the last state: what the LM knows under that prompt, with no
+    fitting -> accuracy on each (x, y) of sets."""
+    words = enc.model.get_input_embeddings().weight[[enc.tokenizer(' ' + s)['input_ids'][0] for s in sides]]
+    return [float(((xs @ words.T).argmax(1) == ys).float().mean()) for xs, ys in sets]
+
+
 # sentence prompts for a causal LM: its last state after the prompt is the vector. eol = PromptEOL (Jiang et al.
 # 2023), the encoder's own; openvla = OpenVLA's policy prompt (Kim et al. 2024); where = a question about the goal
 PROMPTS = {'eol': SentenceEncoder.prompt,
            'openvla': 'In: What action should the robot take to {}?\nOut:',
-           'where': 'A robot is told: "{}". In one word, where should it move? Answer: "'}
+           'where': 'A robot is told: "{}". In one word, where should it move? Answer: "',
+           'side': B.SIDE_PROMPT}  # few-shot: four training instructions with their side (bench_language.py)
 
 
 def main():
@@ -62,10 +72,10 @@ def main():
         p.error(f"--prompts applies to causal LMs; {args.encoder} is an encoder (mean of its token states, no prompt)")
     print(f"{'prompt':>8} {'vectors':>13} {'map':>22} {'val':>5} {'test':>5}")
     for prompt in prompts:
-        enc.prompt, enc.cache = PROMPTS[prompt], {}  # a new prompt makes new vectors
+        text = PROMPTS[prompt] if enc.causal else ''
         train = B.training_instructions()
-        x, y = enc([t for t, _ in train]), torch.tensor([sides.index(s) for _, s in train])
-        sets = [(enc(list(d)), torch.tensor([sides.index(s) for s in d.values()]))
+        x, y = enc([t for t, _ in train], text), torch.tensor([sides.index(s) for _, s in train])
+        sets = [(enc(list(d), text), torch.tensor([sides.index(s) for s in d.values()]))
                 for d in (B.VAL_PARAPHRASES, B.TEST_PARAPHRASES)]
         std = x.std(0)
         std = std.clamp(min=0.1 * float(std.mean()))
@@ -73,6 +83,8 @@ def main():
             fx, fsets = f(x), [(f(v), t) for v, t in sets]
             rows = [('nearest (cosine)', nearest_accuracy(fx, y, fsets))]
             rows += [(f'probe, decay {wd:g}', probe_accuracy(fx, y, fsets, wd)) for wd in (1e-3, 1e-2)]
+            if enc.causal and name == 'raw':
+                rows.append(('the LM\'s next word', answer_accuracy(enc, sets, sides)))
             for map_name, (val, test) in rows:
                 print(f"{prompt if enc.causal else '-':>8} {name:>13} {map_name:>22} {val:>5.2f} {test:>5.2f}")
 

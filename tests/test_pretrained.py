@@ -52,6 +52,29 @@ def test_sentence_vectors_put_paraphrases_closer_than_unrelated_text(name):
         assert para > 0.6 and unrelated < 0.2, (para, unrelated)
 
 
+def test_a_text_prompt_makes_the_vector_the_state_that_answers_it():
+    """text_prompt (causal LMs): the vector is SmolLM2's last state after a few-shot question, the state its output
+    embeddings read the next word from, so it names the side asked in four new sentences (a random LM: 1 in 256).
+    Vectors are cached per prompt; an encoder (MiniLM) and a prompt without one {} are refused."""
+    prompt = ("Which side of the block does each instruction name: left, right, top or bottom?\n\n"
+              "Instruction: move the pusher to the left of the block\nSide: left\n\n"
+              "Instruction: go to the bottom side of the T\nSide: bottom\n\n"
+              "Instruction: put the pusher on the block's right side\nSide: right\n\n"
+              "Instruction: the pusher should end up on the top of the block\nSide: top\n\n"
+              "Instruction: {}\nSide:")
+    enc, sides = sentence_encoder('smollm2'), ['left', 'right', 'top', 'bottom']
+    texts = [f'drive to the {s} of the T-shaped block' for s in sides]
+    e = enc(texts, prompt)
+    words = enc.model.get_input_embeddings().weight[[enc.tokenizer(' ' + s)['input_ids'][0] for s in sides]]
+    assert (e @ words.T).argmax(1).tolist() == [0, 1, 2, 3]
+    assert float((e * enc(texts)).sum(1).max()) < 0.99  # not PromptEOL's vectors
+    assert (prompt, texts[0]) in enc.cache and torch.equal(enc(texts[:1], prompt)[0], e[0])
+    with pytest.raises(ValueError, match='causal LMs'):
+        sentence_encoder('minilm')(texts, prompt)
+    with pytest.raises(ValueError, match='exactly one'):
+        ManipulationVLAConfig(text_encoder='smollm2', text_prompt='no slot')
+
+
 def test_efficientnet_lite0_classifies_a_photo():
     """The ImageNet weights (read with weights_only=True) classify matplotlib's sample photo of Grace Hopper in
     uniform as ImageNet class 652, 'military uniform' (the classic example of the TensorFlow tutorials)."""
