@@ -4,6 +4,7 @@
 # lifts validation success from 0.08 (diffusion, chunk 16) to 0.50: the reach to the cube was what failed. 200 demos
 # (the scripted expert's are free: 4.7 min) and 15000 iterations (37 min) take it to 0.92 on validation and 0.915 on
 # 200 test seeds; 500 demos (8.9 min to record) and the same 15000 iterations (38 min) to 0.94 and 0.955
+# (a second training seed: 0.945)
 # (RESULTS.md, issue 35; 50 demos and 15000 iterations: 0.795). Demos: scripted plan + joint replay (aloha.py).
 task = 'aloha_transfer_cube'
 out_dir = 'out/aloha_transfer_cube'
