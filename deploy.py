@@ -49,7 +49,11 @@ format = 'torchscript'  # export: 'torchscript' (.pt, torch.jit.load) | 'export'
 policy = ''  # run: a checkpoint folder (weights + JSON, run with this repo's model code), or an exported file
 trust_exported_code = False  # run: an exported .pt/.pt2 is a PROGRAM (TorchScript / pickle): loading one can run
 #                              arbitrary code. True runs it; only for files you exported yourself and kept safe
-robot = 'sim'  # run: 'sim' (the task's simulator); a real robot implements envs.SimRobot's interface
+robot = 'sim'  # run: 'sim' (the task's simulator) | 'ros2' (a robot behind ROS 2 topics: ros2.py)
+ros_namespace = '/nanovla'  # robot=ros2: the namespace of its topics (ros2.py lists them)
+ros_remap = ''  # robot=ros2: ROS remapping rules 'from:=to,...', e.g. 'joint_states:=/arm/joint_states'
+ros_reliability = 'reliable'  # robot=ros2: QoS of the camera, state and command topics | 'best_effort'
+ros_qos_depth = 1  # robot=ros2: QoS history depth (1: only the newest message matters to a controller)
 task = ''  # export/run: which task of a multi-task checkpoint ('' = its only task; run: the exported file's)
 instruction = ''  # run: '' = the stored one; other words need a checkpoint folder (an exported file bakes its text in)
 min_instruction_cosine = 0.4  # run: refuse an instruction farther than this from every trained one (instruction_check;
@@ -311,14 +315,10 @@ class SafetyShield:
 
 
 # -----------------------------------------------------------------------------
-# robots: get_observation() -> frame dict with 'timestamp', send_action(a), close(). The one that ships is
-# envs.SimRobot, a simulator (deploy.py imports no simulator until --robot=sim asks for one).
+# robots: get_observation() -> frame dict with 'timestamp', send_action(a), close(). envs.SimRobot is a simulator
+# (deploy.py imports no simulator until --robot=sim asks for one).
 
-# No ROS 2 bridge ships yet. rclpy is not in this machine's Debian sources, but PyPI's wheels install and run here
-# (`pip install 'ros-rclpy[fastrtps]==9.1.2' ros-sensor-msgs ros-std-msgs`: two processes exchanged JointState over
-# localhost with ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST; issue 40). One implements the interface above: subscribe sensor_msgs/Image on
-# <ns>/camera/image_raw and sensor_msgs/JointState on <ns>/joint_states (the newest stamps as 'timestamp'),
-# publish the shield's command as std_msgs/Float64MultiArray on <ns>/command, close() destroys the node.
+# ros2.Ros2Robot is a robot behind ROS 2 topics (--robot=ros2; rclpy from PyPI's wheels, see ros2.py).
 
 
 # -----------------------------------------------------------------------------
@@ -397,8 +397,7 @@ def make_shield(task_name, action_dim, limits=None):
     if limits is not None:
         spec = limits
     else:
-        import envs
-        spec = envs.TASKS[task_name]
+        spec = tasks.TASKS[task_name]
     step = max_step_change or spec.get('max_step_change', 0.0)
     if np.any(np.asarray(step) <= 0):  # a number, or one per action dim (a dataset's limits)
         raise SystemExit(f"no default shield velocity limit for task {task_name!r}: pass --max_step_change")
@@ -453,20 +452,28 @@ def run_main():
     results = []
     try:
         for seed in range(start_seed, start_seed + episodes):
-            if robot != 'sim':  # the one robot shipped; a ROS 2 bridge is not (see the note on robots above)
-                raise SystemExit(f"--robot={robot!r}: only 'sim' ships (no ROS 2 bridge yet); a real robot implements "
-                                 f"envs.SimRobot's get_observation/send_action/close")
-            import envs
-            if 'limits' in meta:
-                raise SystemExit(f"{policy} was trained on the dataset {task_name}, which has no simulator: "
-                                 f"--robot=sim has nothing to run it in. On the robot that recorded it, implement "
-                                 f"envs.SimRobot's get_observation/send_action/close; deploy.make_shield(.., "
-                                 f"limits=<the checkpoint's policy.tasks[0].limits>) builds its shield")
-            bot = envs.SimRobot(task_name, seed, max_steps)
-            if bot.action_dim != meta['action_dim']:
-                raise SystemExit(f"the policy outputs {meta['action_dim']} action values but the robot takes "
-                                 f"{bot.action_dim}: export a policy trained for this robot")
-            shield, rest = make_shield(task_name, bot.action_dim)
+            if robot not in ('sim', 'ros2'):
+                raise SystemExit(f"--robot={robot!r}: choose 'sim' (the task's simulator) or 'ros2' (ROS 2 topics); "
+                                 f"another robot implements envs.SimRobot's get_observation/send_action/close")
+            if robot == 'ros2':
+                import ros2
+                bot = ros2.Ros2Robot(meta['image_keys'], meta['state_key'], meta['action_dim'], seed, ros_namespace,
+                                     ros_remap, ros_reliability, ros_qos_depth, timeout=watchdog_timeout)
+                bot.max_steps = max_steps or tasks.TASKS.get(task_name, {}).get('max_steps', 0)
+                if not bot.max_steps:
+                    raise SystemExit(f"{task_name} has no step limit in tasks.py: pass --max_steps")
+                shield, rest = make_shield(task_name, bot.action_dim, limits=meta.get('limits'))
+            else:
+                import envs
+                if 'limits' in meta:
+                    raise SystemExit(f"{policy} was trained on the dataset {task_name}, which has no simulator: "
+                                     f"--robot=sim has nothing to run it in. Run it on the robot that recorded it "
+                                     f"(--robot=ros2, or a class with envs.SimRobot's interface)")
+                bot = envs.SimRobot(task_name, seed, max_steps)
+                if bot.action_dim != meta['action_dim']:
+                    raise SystemExit(f"the policy outputs {meta['action_dim']} action values but the robot takes "
+                                     f"{bot.action_dim}: export a policy trained for this robot")
+                shield, rest = make_shield(task_name, bot.action_dim)
             try:
                 r = control_loop(pol, bot, shield, rate, bot.max_steps, hold=rest)
             finally:
