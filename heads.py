@@ -195,9 +195,9 @@ class FiLMResBlock(nn.Module):
         self.norm1, self.norm2 = nn.GroupNorm(groups, channels), nn.GroupNorm(groups, channels)
         self.film = nn.Linear(cond_dim, 2 * channels)
 
-    def forward(self, x, c):  # x (B, C, T), c (B, Dc)
+    def forward(self, x, c):  # x (B, C, T), c (B, 1 or T, Dc): one conditioning for the chunk, or one per step
         h = F.mish(self.norm1(self.conv1(x)))
-        scale, shift = self.film(c).unsqueeze(-1).chunk(2, dim=1)  # (B, C, 1) each
+        scale, shift = self.film(c).transpose(1, 2).chunk(2, dim=1)  # (B, C, 1 or T) each
         h = h * (1 + scale) + shift
         return x + F.mish(self.norm2(self.conv2(h)))
 
@@ -212,8 +212,8 @@ def sinusoidal_embedding(t, dim):
 
 class Denoiser(nn.Module):
     """eps/x0/velocity network shared by the diffusion and flow heads:
-    (x (B, T, A), t (B,), cond (B, cond_dim)) -> (B, T, A). A stack of FiLM residual blocks over the
-    chunk's time axis: cheap on a CPU, and the convolutions make chunks smooth."""
+    (x (B, T, A), t (B,) or one per step (B, T), cond (B, cond_dim)) -> (B, T, A). A stack of FiLM residual
+    blocks over the chunk's time axis: cheap on a CPU, and the convolutions make chunks smooth."""
 
     def __init__(self, action_dim, cond_dim, hidden_dim=128, num_blocks=3, time_dim=64):
         super().__init__()
@@ -225,7 +225,8 @@ class Denoiser(nn.Module):
         self.out = nn.Conv1d(hidden_dim, action_dim, 1)
 
     def forward(self, x, t, cond):
-        c = F.mish(self.cond_proj(cond) + self.time_mlp(sinusoidal_embedding(t, self.time_dim)))  # (B, H)
+        time = self.time_mlp(sinusoidal_embedding(t.flatten(), self.time_dim)).view(x.shape[0], -1, self.cond_proj.out_features)
+        c = F.mish(self.cond_proj(cond).unsqueeze(1) + time)  # (B, 1 or T, H)
         h = self.inp(x.transpose(1, 2))  # (B, H, T)
         for block in self.blocks:
             h = block(h, c)
@@ -331,25 +332,37 @@ class FlowMatchingActionHead(nn.Module):
     velocity, and sampling integrates dx/dtau = v(x, tau) with a few Euler steps."""
     TIME_SCALE = 100.0  # tau in [0, 1] -> [0, 100] so the sinusoidal embedding resolves it
 
-    def __init__(self, cond_dim, action_dim, chunk_size, hidden_dim=128, num_blocks=3, num_steps=10):
+    def __init__(self, cond_dim, action_dim, chunk_size, hidden_dim=128, num_blocks=3, num_steps=10, prefix_max_delay=0):
         super().__init__()
         self.action_dim, self.chunk_size, self.num_steps = action_dim, chunk_size, num_steps
+        self.prefix_max_delay = prefix_max_delay
         self.net = Denoiser(action_dim, cond_dim, hidden_dim, num_blocks)
 
     def compute_loss(self, cond, target, mask=None):
-        B, target = target.shape[0], hold_last_valid(target, mask)
+        """prefix_max_delay > 0 is training-time real-time chunking (Black, Ren, Equi & Levine 2025): the first d ~
+        U{0..prefix_max_delay} actions of each chunk are given clean (flow time 1 on those steps), as the steps that
+        execute during inference will be, and only the rest is learned."""
+        B, T, target = target.shape[0], target.shape[1], hold_last_valid(target, mask)
         tau = torch.rand(B, device=target.device)
         noise = torch.randn_like(target)
-        x = tau.view(B, 1, 1) * target + (1 - tau.view(B, 1, 1)) * noise
+        if self.prefix_max_delay:
+            d = torch.randint(0, self.prefix_max_delay + 1, (B, 1), device=target.device)
+            given = torch.arange(T, device=target.device)[None] < d  # (B, T)
+            tau = torch.where(given, 1.0, tau[:, None])  # (B, T): a time per step
+            mask = ~given if mask is None else element_mask(mask, target).bool() & ~given[..., None]
+        x = tau.view(B, -1, 1) * target + (1 - tau.view(B, -1, 1)) * noise
         v = self.net(x, tau * self.TIME_SCALE, cond.flatten(1))
         return dict(loss=masked_mean((v - (target - noise)) ** 2, mask))
 
     def forward(self, cond, noise=None, num_steps=None, guide=None):
-        """guide: real-time chunking's target for the chunk's first steps (see rtc_guided_estimate), or None."""
+        """guide: real-time chunking's target for the chunk's first steps (see rtc_guided_estimate), or None. A
+        head trained with prefix_max_delay takes the steps that execute during inference (weight 1) as given."""
         n = num_steps or self.num_steps
         c = cond.flatten(1)
         x = noise if noise is not None else torch.randn(cond.shape[0], self.chunk_size, self.action_dim,
                                                           device=cond.device, dtype=cond.dtype)
+        if guide is not None and self.prefix_max_delay:
+            return dict(action=self.sample_after_prefix(x, c, guide, n).clamp(-1, 1))
         for i in range(n):  # Euler: x <- x + dtau * v(x, tau)
             tau = i / n
             t = torch.full((x.shape[0],), tau, device=x.device) * self.TIME_SCALE
@@ -359,6 +372,17 @@ class FlowMatchingActionHead(nn.Module):
                 a1 = rtc_guided_estimate(lambda z: z + (1 - tau) * self.net(z, t, c), x, tau, guide)
                 x = x + (a1 - x) / (1 - tau) / n
         return dict(action=x.clamp(-1, 1))
+
+    def sample_after_prefix(self, x, c, guide, n):
+        """Training-time RTC's sampler: the d executing steps are the plan's, held at flow time 1; Euler integrates
+        the rest. No gradient through the network, unlike the guided sampler."""
+        d = int((guide['weights'][0, :, 0] >= 1).sum())
+        prefix, steps = guide['target'][:, :d].to(x.dtype), torch.arange(x.shape[1], device=x.device)
+        for i in range(n):
+            x = torch.cat([prefix, x[:, d:]], 1)
+            t = torch.where(steps < d, 1.0, i / n).expand(x.shape[0], -1) * self.TIME_SCALE
+            x = x + self.net(x, t, c) / n
+        return torch.cat([prefix, x[:, d:]], 1)
 
 
 def rtc_guided_estimate(estimate, x, tau, guide):

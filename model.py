@@ -99,6 +99,8 @@ class ManipulationVLAConfig:
     diffusion_sampler: str = "ddim"  # 'ddim' | 'ddpm'
     diffusion_prediction: str = "epsilon"  # 'epsilon' | 'sample'
     flow_steps: int = 10  # Euler steps of the flow head
+    rtc_train_max_delay: int = 0  # flow head: learn chunks whose first d <= this actions are given (training-time RTC;
+    #                               on PushT's 1M-parameter policy it lost to plain training: RESULTS.md)
     # sizes of the offline default (ignored by pretrained backbones where they do not apply)
     hidden_size: int = 128  # tiny-qwen2 width
     num_layers: int = 2  # tiny-qwen2 depth
@@ -128,6 +130,9 @@ class ManipulationVLAConfig:
         if self.text_prompt and (not self.text_encoder or self.text_prompt.count("{}") != 1):
             raise ValueError(f"text_prompt={self.text_prompt[:40]!r}...: a prompt needs a text_encoder (e.g. 'smollm2') "
                              "and exactly one {} where the instruction goes")
+        if self.rtc_train_max_delay and (self.action_head_type != "flow" or self.rtc_train_max_delay >= self.action_chunk_size):
+            raise ValueError(f"rtc_train_max_delay={self.rtc_train_max_delay} conditions the flow head on a chunk's first "
+                             f"steps: it needs action_head_type='flow' and a delay below action_chunk_size")
         if min(self.num_cameras, self.num_readout_tokens, self.n_obs_steps, self.num_tasks, self.mixture_components) < 1:
             raise ValueError("num_cameras, num_readout_tokens, n_obs_steps, num_tasks and mixture_components must be >= 1")
 
@@ -581,7 +586,8 @@ class ManipulationVLA(nn.Module):
                                        schedule=cfg.diffusion_schedule, prediction=cfg.diffusion_prediction,
                                        sampler=cfg.diffusion_sampler, num_inference_steps=cfg.diffusion_inference_steps)
         if cfg.action_head_type == "flow":
-            return FlowMatchingActionHead(flat, A, T, cfg.denoiser_dim, num_steps=cfg.flow_steps)
+            return FlowMatchingActionHead(flat, A, T, cfg.denoiser_dim, num_steps=cfg.flow_steps,
+                                          prefix_max_delay=cfg.rtc_train_max_delay)
         return TransformerActionHead(D, A, T, cfg.denoiser_dim, loss=cfg.regression_loss)  # reads all obs tokens
 
     def _apply_freezing_and_lora(self):

@@ -138,6 +138,35 @@ def test_rtc_guidance_pulls_the_sampled_prefix_to_the_target(head):
     assert err_guided < 0.1 and err_guided < 0.3 * err_free
 
 
+def test_training_time_rtc_learns_the_rest_of_a_given_prefix():
+    """prefix_max_delay (training-time RTC): each chunk's first d steps go in at flow time 1 (given) and get no
+    loss; sampling returns the executing steps (weight 1) unchanged and samples the others."""
+    torch.manual_seed(0)
+    h = FlowMatchingActionHead(cond_dim=8, action_dim=2, chunk_size=8, hidden_dim=16, num_blocks=1, prefix_max_delay=7)
+    seen = {}
+
+    def keep(module, inputs, v):  # the velocity and the times the net saw
+        v.retain_grad()
+        seen.update(t=inputs[1], v=v)
+    h.net.register_forward_hook(keep)
+    cond, target = torch.randn(16, 8), torch.rand(16, 8, 2) * 2 - 1
+    h.compute_loss(cond, target)['loss'].backward()
+    given = seen['t'] == h.TIME_SCALE  # (B, T)
+    d = given.sum(1)
+    assert torch.equal(given, torch.arange(8)[None] < d[:, None]) and d.max() > 0 and d.min() < 7  # a prefix each
+    grad = seen['v'].grad.abs().sum(-1)
+    assert (grad[given] == 0).all() and (grad[~given] > 0).all()
+    h.eval()
+    weights = torch.zeros(1, 8, 2)
+    weights[:, :3], weights[:, 3:5] = 1, 0.5
+    plan = torch.full((1, 8, 2), 0.25)
+    out = h(cond[:1], noise=torch.randn(1, 8, 2), guide=dict(target=plan, weights=weights, max_weight=5.0))['action']
+    assert torch.equal(out[:, :3], plan[:, :3]) and not torch.allclose(out[:, 3:], plan[:, 3:])
+    from model import ManipulationVLAConfig
+    with pytest.raises(ValueError, match="action_head_type='flow'"):
+        ManipulationVLAConfig(action_head_type='mlp', rtc_train_max_delay=2)
+
+
 def test_rtc_through_the_model_in_raw_units_and_refused_where_it_cannot_run():
     model = tiny_model("flow")
     policy = VLAPolicy(model, INSTRUCTION, n_action_steps=2, chunk_join='rtc', inference_delay=1)
