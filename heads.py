@@ -225,8 +225,9 @@ class Denoiser(nn.Module):
         self.out = nn.Conv1d(hidden_dim, action_dim, 1)
 
     def forward(self, x, t, cond):
-        time = self.time_mlp(sinusoidal_embedding(t.flatten(), self.time_dim)).view(x.shape[0], -1, self.cond_proj.out_features)
-        c = F.mish(self.cond_proj(cond).unsqueeze(1) + time)  # (B, 1 or T, H)
+        time = self.time_mlp(sinusoidal_embedding(t.flatten(), self.time_dim))
+        time = time.view(x.shape[0], -1, time.shape[-1])  # (B, 1 or T, H)
+        c = F.mish(self.cond_proj(cond).unsqueeze(1) + time)
         h = self.inp(x.transpose(1, 2))  # (B, H, T)
         for block in self.blocks:
             h = block(h, c)

@@ -1,7 +1,7 @@
 # ALOHA bimanual peg insertion (gym-aloha): the left arm holds the socket, the right slides the peg in until it
 # touches the pin. The cube transfer's recipe (config/aloha_transfer_cube.py: ACT's transformer decoder, 1 s chunks,
 # temporal ensembling, 200 demos, 15000 iterations), chosen on the cube transfer's validation seeds: 0.90 on 200
-# held-out seeds after 39 min of training (RESULTS.md, issue 35); at 50 demos it reached 0.48 after 6000 iterations
+# held-out seeds after 39 min of training, 0.935 with a second training seed (RESULTS.md, issue 35); at 50 demos it reached 0.48 after 6000 iterations
 # and 0.735 after 15000, the former diffusion preset 0.25. The 20 failures put the peg in the socket without touching the pin.
 # Demos: aloha.plan_insertion + joint replay (4.9 min to record 200).
 task = 'aloha_insertion'
