@@ -239,7 +239,7 @@ def serve_simulator(task, namespace='/nanovla', remap='', reliability='reliable'
         while rclpy.ok() and not (max_seconds and time.monotonic() - start > max_seconds):
             rclpy.spin_once(node, timeout_sec=0.05)
     except KeyboardInterrupt:
-        pass
+        print("stopped by Ctrl-C", flush=True)
     finally:
         if 'robot' in episode:
             episode['robot'].close()
@@ -323,38 +323,39 @@ def bag_to_dataset(bags, out, fps, instruction, state_topic='joint_states', acti
     stored as observation.images.<camera>; observation.state: the JointState topic ending in `state_topic`; action:
     the one ending in `action_topic`. Times are the bag's receive times (_episode_frames says which message each
     frame takes). One episode per `reset` message (ros2.py's robot node and deploy.py use it), else one per bag.
-    The dataset appears as a whole: written into <out>.partial, then renamed."""
-    import shutil
+    The dataset appears as a whole (train_common.record_if_missing: written under <out>.tmp, then renamed)."""
     import dataset_writer
+    import train_common
     if os.path.exists(out):
         raise FileExistsError(f"{out} exists: pass a new --out")
-    partial = out.rstrip('/') + '.partial'
-    shutil.rmtree(partial, ignore_errors=True)  # a crashed earlier conversion
-    writer, total = None, 0
-    for bag in bags:
-        store, times, cameras, state, action, reset = _bag_topics(bag, state_topic, action_topic)
-        episodes = _episode_frames(times, [*cameras, state], action, reset, int(round(1e9 / fps)))
-        values = _read_messages(bag, store, {t: {int(i) for e in episodes for i in e[t]} for t in episodes[0]}
-                                if episodes else {}, cameras)
-        for pick in episodes:
+
+    def write(path):
+        writer, total = None, 0
+        for bag in bags:
+            store, times, cameras, state, action, reset = _bag_topics(bag, state_topic, action_topic)
+            episodes = _episode_frames(times, [*cameras, state], action, reset, int(round(1e9 / fps)))
+            values = _read_messages(bag, store, {t: {int(i) for e in episodes for i in e[t]} for t in episodes[0]}
+                                    if episodes else {}, cameras)
             keys = {t: f'observation.images.{name}' for t, name in cameras.items()}
             keys.update({state: 'observation.state', action: 'action'})
-            frames = [{keys[t]: values[t][int(pick[t][k])] for t in keys} for k in range(len(pick[state]))]
-            if writer is None:
-                features = {k: {'dtype': 'video', 'shape': list(v.shape), 'names': ['height', 'width', 'channels']}
-                            if v.dtype == np.uint8 else {'dtype': 'float32', 'shape': [len(v)], 'names': None}
-                            for k, v in frames[0].items()}
-                writer = dataset_writer.LeRobotDatasetWriter(partial, fps, features, use_videos=use_videos)
-            for k, frame in enumerate(frames):
-                writer.add_frame(dict(frame, timestamp=k / fps), instruction)
-            writer.save_episode()
-            total += len(frames)
-        print(f"{bag}: {len(episodes)} episodes, cameras {sorted(cameras.values())}", flush=True)
-    if writer is None:
-        raise ValueError(f"no episode with every topic in {bags}")
-    writer.finalize()
-    os.replace(partial, out)
-    print(f"wrote {out}: {writer.info['total_episodes']} episodes, {total} frames at {fps} fps")
+            for pick in episodes:
+                frames = [{keys[t]: values[t][int(pick[t][k])] for t in keys} for k in range(len(pick[state]))]
+                if writer is None:
+                    features = {k: {'dtype': 'video', 'shape': list(v.shape), 'names': ['height', 'width', 'channels']}
+                                if v.dtype == np.uint8 else {'dtype': 'float32', 'shape': [len(v)], 'names': None}
+                                for k, v in frames[0].items()}
+                    writer = dataset_writer.LeRobotDatasetWriter(path, fps, features, use_videos=use_videos)
+                for k, frame in enumerate(frames):
+                    writer.add_frame(dict(frame, timestamp=k / fps), instruction)
+                writer.save_episode()
+                total += len(frames)
+            print(f"{bag}: {len(episodes)} episodes, cameras {sorted(cameras.values())}", flush=True)
+        if writer is None:
+            raise ValueError(f"no episode with every topic in {bags}")
+        writer.finalize()
+        print(f"{writer.info['total_episodes']} episodes, {total} frames at {fps} fps")
+
+    train_common.record_if_missing(out, write, f"converting {len(bags)} rosbag2 folder(s)")
     return out
 
 

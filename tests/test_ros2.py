@@ -92,8 +92,8 @@ def test_deploy_drives_a_simulator_over_ros2_like_a_direct_run(tmp_path):
     assert f'seed {SEED}: fail in {STEPS} steps' in out and 'missed' in out and 'latency p50' in out, out[-2000:]
     sent = [json.loads(line) for line in open(log)]
     assert [r['step'] for r in sent] == list(range(1, STEPS + 1)) and {r['seed'] for r in sent} == {SEED}
-    over_ros = np.array([r['command'] for r in sent])
-    assert np.allclose(over_ros, direct_commands(ckpt), atol=1e-4), np.abs(over_ros - direct_commands(ckpt)).max()
+    over_ros, direct = np.array([r['command'] for r in sent]), direct_commands(ckpt)
+    assert np.allclose(over_ros, direct, atol=1e-4), np.abs(over_ros - direct).max()
 
 
 def test_a_dead_robot_node_stops_the_policy_through_the_watchdog(tmp_path):
@@ -162,7 +162,7 @@ def test_a_rosbag_becomes_a_dataset(tmp_path):
     r = subprocess.run([ROS_PYTHON, os.path.join(REPO, 'ros2.py'), 'bag', f'--bag={bag}', f'--out={out}', '--fps=10',
                         '--instruction=push the T'], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    assert 'wrote' in r.stdout and '2 episodes' in r.stdout and not os.path.exists(str(out) + '.partial')
+    assert 'recorded' in r.stdout and '2 episodes' in r.stdout and not os.path.exists(str(out) + '.tmp')
     ds = LeRobotDataset(str(out), cache_dir='')
     assert ds.meta.total_episodes == 2 and len(ds) == 10 and ds.meta.fps == 10
     for i, (episode, k) in enumerate([(0, k) for k in range(6)] + [(1, k) for k in range(4)]):
