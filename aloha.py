@@ -164,11 +164,11 @@ class AlohaEnv(gym.Env):
         self._renderers = {}
 
 
-def make_env(task, render_mode="rgb_array", obs_type=None):
+def make_env(task, render_mode="rgb_array", obs_type=None, image_size=None):
     """The joint-space task with a time limit; obs_type=None -> images + joint state, 'state' -> no images.
-    render_mode: rgb_array is the only one."""
+    render_mode: rgb_array is the only one. image_size: the top camera's side (None = the task's; ACT's was 480x640)."""
     spec = SPECS[task]
-    env = AlohaEnv(task, obs_type=obs_type or "pixels_agent_pos", image_size=spec["image_size"])
+    env = AlohaEnv(task, obs_type=obs_type or "pixels_agent_pos", image_size=image_size or spec["image_size"])
     return gym.wrappers.TimeLimit(env, max_episode_steps=spec["max_steps"])
 
 
@@ -471,16 +471,16 @@ def vqa_answers(task, state):
 # episodes, recording and evaluation
 
 
-def run_expert_episode(task, seed, expert_kw=None, render=True, full=False):
+def run_expert_episode(task, seed, expert_kw=None, render=True, image_size=None, full=False):
     """Plan (EE env), then replay the joint trajectory in the joint-space env (expert_kw {"ik": True}: the IK
     expert drives instead, with the rest of expert_kw as its options). Stops at success (reward 4, the env
     terminates), unless full: then the whole plan runs and 'final_reward' says whether the cube ended in the
     left hand. -> dict(success, steps, actions (T, 14), and when render: images (T, S, S, 3), states (T, 14):
-    the observation BEFORE each action)."""
+    the observation BEFORE each action; S = image_size, None = the task's)."""
     t0, spec, kw = time.perf_counter(), SPECS[task], dict(expert_kw or {})
     ik = kw.pop("ik", False)
     plan = None if ik else plan_joint_trajectory(task, seed, spec["max_steps"])
-    env = AlohaEnv(task, obs_type=None if render else "state", image_size=spec["image_size"])
+    env = AlohaEnv(task, obs_type=None if render else "state", image_size=image_size or spec["image_size"])
     expert = make_expert(task, **kw) if ik else None
     obs, _ = env.reset(seed=seed)
     frames, actions, rewards, t_replay = [], [], [], time.perf_counter()

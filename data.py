@@ -99,12 +99,29 @@ def _arrow_to_numpy(col, shape):
     return out if list(shape) == [1] else out.reshape(len(col), *shape)
 
 
-def _decode_png(b, src_shape, hw):
-    """PNG bytes -> uint8 (H, W, 3) at hw (None = as stored); its size must be the one info.json lists."""
+def _decode_png(b, src_shape, hw, crop=()):
+    """PNG bytes -> uint8 (H, W, 3), cropped and resized to hw (None = as stored); its size must be the one
+    info.json lists."""
     img = np.asarray(Image.open(io.BytesIO(b)).convert("RGB"))
     if img.shape != src_shape:
         raise ValueError(f"a PNG frame is {img.shape}, info.json says {src_shape}: the dataset is inconsistent")
-    return _fit(img, hw)
+    return _fit(img, hw, crop)
+
+
+def crop_box(hw, crop):
+    """The pixel box (y0, x0, h, w) that a crop (top, left, height, width), in fractions of the frame, keeps of an
+    (H, W) frame; () keeps all of it. Fractions, not pixels, so that one preset crops a camera alike at any
+    resolution (a simulator rendered larger, a hub dataset): the policy's frames then show the workspace bigger."""
+    H, W = hw
+    if not crop:
+        return 0, 0, H, W
+    top, left, height, width = (float(c) for c in crop) if len(crop) == 4 else (-1,) * 4
+    if min(top, left) < 0 or min(height, width) <= 0 or top + height > 1 + 1e-6 or left + width > 1 + 1e-6:
+        raise ValueError(f"image_crop={tuple(crop)}: give (top, left, height, width) as fractions of the frame, with "
+                         f"height, width > 0, top + height <= 1 and left + width <= 1; e.g. (0.25, 0, 0.5, 1) keeps "
+                         f"the middle half of the rows")
+    y0, x0 = round(top * H), round(left * W)
+    return y0, x0, max(1, min(round(height * H), H - y0)), max(1, min(round(width * W), W - x0))
 
 
 def _target_hw(src_hw, image_size):
@@ -119,9 +136,12 @@ def _target_hw(src_hw, image_size):
     return tuple(int(x) for x in image_size)
 
 
-def _fit(img, hw):
-    """One uint8 (h, w, 3) frame -> (H, W, 3) for hw = (H, W), antialiased as the policy's live frames are
-    (resize_images); None or the same size = unchanged."""
+def _fit(img, hw, crop=()):
+    """One uint8 (h, w, 3) frame -> cropped (crop_box), then (H, W, 3) for hw = (H, W), antialiased as the policy's
+    live frames are (frame_to_model_input); None or the same size = not resized."""
+    if crop:
+        y0, x0, h, w = crop_box(img.shape[:2], crop)
+        img = img[y0:y0 + h, x0:x0 + w]
     if hw is None or img.shape[:2] == tuple(hw):
         return img
     return resize_images(torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None], hw)[0].permute(1, 2, 0).numpy()
@@ -171,12 +191,14 @@ class _FrameFile:
         os.close(self.fd)
 
 
-def _cache_entry(cache_dir, root, key, sources, episode_ids, shape):
+def _cache_entry(cache_dir, root, key, sources, episode_ids, shape, crop=()):
     """-> (path of the .npy, its description). The name hashes everything the frames depend on: the source files
     (path, size, modification time: an edited or re-downloaded file gives a new entry, never a stale one), the
-    episodes read, the camera and the frame shape."""
+    episodes read, the camera, the crop and the frame shape."""
     desc = dict(root=str(Path(root).resolve()), camera=key, shape=list(shape), episodes=_ids(episode_ids),
                 files=[[str(Path(f).resolve()), (st := os.stat(f)).st_size, st.st_mtime_ns] for f in sources])
+    if crop:  # only when given: the uncropped entries keep the names they had before crops existed
+        desc["crop"] = [float(c) for c in crop]
     digest = hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:24]
     return Path(cache_dir) / f"{Path(root).name}-{key.split('.')[-1]}-{digest}.npy", desc
 
@@ -192,10 +214,10 @@ def _open_cached(path, desc, n, shape):
     return frames if frames.dtype == np.uint8 and frames.shape == (n, *shape) else None
 
 
-def _decode_video_into(path, query_ts, dest_rows, out, src_shape, hw=None, tolerance_s=TOLERANCE_S):
-    """Decode `path` once, front to back, writing the frame at each query timestamp (seconds, sorted), resized
-    to hw (None = as stored), into out[dest_rows]. A query with no decoded frame within tolerance_s is an error
-    (lerobot's check); so is a stream whose frames are not src_shape, the size info.json lists."""
+def _decode_video_into(path, query_ts, dest_rows, out, src_shape, hw=None, crop=(), tolerance_s=TOLERANCE_S):
+    """Decode `path` once, front to back, writing the frame at each query timestamp (seconds, sorted), cropped
+    and resized to hw (None = as stored), into out[dest_rows]. A query with no decoded frame within tolerance_s is
+    an error (lerobot's check); so is a stream whose frames are not src_shape, the size info.json lists."""
     found = np.zeros(len(query_ts), bool)
     try:
         with av.open(str(path)) as container:
@@ -209,7 +231,7 @@ def _decode_video_into(path, query_ts, dest_rows, out, src_shape, hw=None, toler
                     rgb = frame.to_ndarray(format="rgb24")  # (H, W, 3) uint8
                     if rgb.shape != src_shape:
                         raise ValueError(f"{path}: frames are {rgb.shape}, info.json says {src_shape}")
-                    out[dest_rows[lo:hi]], found[lo:hi] = _fit(rgb, hw), True
+                    out[dest_rows[lo:hi]], found[lo:hi] = _fit(rgb, hw, crop), True
                 if ts > query_ts[-1] + tolerance_s:
                     break
     except av.FFmpegError as e:
@@ -331,13 +353,14 @@ class LeRobotDataset(torch.utils.data.Dataset):
     (ManipulationDataset passes its image_keys here). cache_dir: the frame cache (None = FRAME_CACHE, '' = none:
     frames in RAM, or a temporary memmap past half of it). image_size: every camera resized while decoding, to
     (H, W) (same aspect ratio) or, an int, to that height (width keeps the aspect); None = as stored.
+    image_crop: (top, left, height, width) in fractions of the frame (crop_box), cut before the resize; () = none.
     Negative indices count from the end, like a list.
     """
 
     def __init__(self, repo_id_or_path, delta_timestamps=None, episodes=None, camera_keys=None, keys_arg="camera_keys",
-                 cache_dir=None, image_size=None):
+                 cache_dir=None, image_size=None, image_crop=()):
         self.root = _resolve_root(repo_id_or_path)
-        self.image_size = image_size
+        self.image_size, self.image_crop = image_size, tuple(image_crop or ())
         self.cache_dir = FRAME_CACHE if cache_dir is None else cache_dir  # '' = no frame cache
         self.meta = meta = LeRobotDatasetMetadata(self.root)
         self.fps, self.features, self.keys_arg = meta.fps, meta.features, keys_arg
@@ -424,17 +447,20 @@ class LeRobotDataset(torch.utils.data.Dataset):
         """Every frame of one camera, decoded once, into uint8 (N, H, W, 3): from the frame cache when it holds
         them, else decoded (into the cache, which appears whole or not at all: its description is written last)."""
         src_shape, video = tuple(self.features[key]["shape"]), self.features[key]["dtype"] == "video"
-        hw = _target_hw(src_shape[:2], self.image_size)
+        crop_hw = crop_box(src_shape[:2], self.image_crop)[2:]  # what the crop keeps, before the resize
+        hw = _target_hw(crop_hw, self.image_size)
         shape = (*hw, src_shape[2])
-        if not same_aspect(src_shape[:2], hw):  # refused now, before any decoding
-            raise ValueError(f"image_size={self.image_size}: {key} is {src_shape[0]}x{src_shape[1]} (HxW), a different "
-                             f"aspect ratio; pass an int height (the width follows) or a size of the same aspect ratio")
+        if not same_aspect(crop_hw, hw):  # refused now, before any decoding
+            raise ValueError(f"image_size={self.image_size}: {key} is {crop_hw[0]}x{crop_hw[1]} (HxW"
+                             f"{', after image_crop' if self.image_crop else ''}), a different aspect ratio; pass an "
+                             f"int height (the width follows) or a size of the same aspect ratio")
         if video:
             self._check_files(eps, key)
         sources = dict.fromkeys(self.meta.episode_file(e, key if video else None) for e in eps)
         path = None
         if self.cache_dir:
-            path, desc = _cache_entry(self.cache_dir, self.root, key, sources, [e["episode_index"] for e in eps], shape)
+            path, desc = _cache_entry(self.cache_dir, self.root, key, sources, [e["episode_index"] for e in eps], shape,
+                                      self.image_crop)
             frames = _open_cached(path, desc, len(self), shape)
             if frames is not None:
                 return frames
@@ -458,14 +484,15 @@ class LeRobotDataset(torch.utils.data.Dataset):
         return np.load(path, mmap_mode="r")
 
     def _decode_camera(self, key, eps, out, video, src_shape, hw):
-        """Decode every frame of one camera (stored at src_shape) into out, resized to hw: each mp4 once, front to
-        back, in parallel over files (PyAV releases the GIL while decoding), or the PNG bytes inside the parquet."""
+        """Decode every frame of one camera (stored at src_shape) into out, cropped and resized to hw: each mp4
+        once, front to back, in parallel over files (PyAV releases the GIL while decoding), or the PNG bytes inside
+        the parquet."""
         if not video:
             blobs = self._image_table.column(key).combine_chunks().field("bytes").to_pylist()
             if any(b is None for b in blobs):
                 raise ValueError(f"{self.root}: image feature {key!r} has rows without embedded PNG bytes")
             with ThreadPoolExecutor(4) as pool:  # PIL releases the GIL while decoding
-                frames = pool.map(lambda b: _decode_png(b, src_shape, hw), blobs, chunksize=256)
+                frames = pool.map(lambda b: _decode_png(b, src_shape, hw, self.image_crop), blobs, chunksize=256)
                 for i, img in enumerate(tqdm(frames, total=len(blobs),
                                              desc=f"decoding {key}", disable=len(blobs) < 5000, leave=False)):
                     out[i] = img
@@ -479,7 +506,7 @@ class LeRobotDataset(torch.utils.data.Dataset):
         def decode(item):
             path, (q, dest) = item
             order = np.argsort(q, kind="stable")
-            _decode_video_into(path, np.asarray(q)[order], np.asarray(dest)[order], out, src_shape, hw)
+            _decode_video_into(path, np.asarray(q)[order], np.asarray(dest)[order], out, src_shape, hw, self.image_crop)
             return len(q)
 
         with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool, \
@@ -625,16 +652,17 @@ class ManipulationDataset(torch.utils.data.Dataset):
         actions t .. t+chunk-1       -> action (chunk, A), action_is_pad (chunk,) True past the episode end
     The windows are lerobot's delta_timestamps ({key: [seconds relative to t]}), checked against the
     dataset's fps; steps before an episode's start repeat its first frame (as Diffusion Policy pads).
-    instruction=None conditions every frame on its episode's own task text (meta/tasks). image_size: the
-    cameras' decoded size (LeRobotDataset; None = as stored).
+    instruction=None conditions every frame on its episode's own task text (meta/tasks). image_size, image_crop:
+    the cameras' decoded size and crop (LeRobotDataset; None, () = as stored).
     Batches are gathered with numpy fancy indexing (get_batch); augment them with augment_batch / shift_batch."""
 
     def __init__(self, lerobot_dataset_or_path, image_keys, state_key="observation.state", action_key="action",
-                 chunk_size=16, instruction=None, depth_keys=None, episodes=None, n_obs_steps=1, image_size=None):
+                 chunk_size=16, instruction=None, depth_keys=None, episodes=None, n_obs_steps=1, image_size=None,
+                 image_crop=()):
         ds = lerobot_dataset_or_path
         if not isinstance(ds, LeRobotDataset):
             ds = LeRobotDataset(ds, episodes=episodes, camera_keys=image_keys, keys_arg="image_keys",
-                                image_size=image_size)
+                                image_size=image_size, image_crop=image_crop)
         for key in [action_key, state_key, *(depth_keys or [])]:
             if key is not None and key not in ds.features:
                 raise KeyError(f"{key!r} is not a feature of {ds.root}; it has {sorted(ds.features)}")
@@ -741,13 +769,17 @@ def create_dataloader(dataset, batch_size, shuffle=True, num_workers=0, drop_las
                                        batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0)
 
 
-def frame_to_model_input(frame, image_keys, state_key="observation.state", image_hw=None):
+def frame_to_model_input(frame, image_keys, state_key="observation.state", image_hw=None, image_crop=()):
     """A live env frame {key: uint8 (H, W, 3) / float (D,)} -> one sample (no batch dim) like ManipulationDataset.
-    image_hw = the model's (H, W): a camera frame of another size with the same aspect ratio is resized
-    (bilinear, antialiased); another aspect ratio is an error naming both sizes (a different camera)."""
+    image_crop: the training data's crop (crop_box), cut first; image_hw = the model's (H, W): a camera frame of
+    another size with the same aspect ratio is resized (bilinear, antialiased); another aspect ratio is an error
+    naming both sizes (a different camera)."""
     images = torch.stack([torch.from_numpy(np.ascontiguousarray(frame[k])).permute(2, 0, 1) for k in image_keys])
     if images.dtype != torch.uint8:
         raise ValueError(f"images {image_keys} must be uint8 (H, W, 3) like the dataset, got {images.dtype}")
+    if image_crop:
+        y0, x0, h, w = crop_box(images.shape[-2:], image_crop)
+        images = images[..., y0:y0 + h, x0:x0 + w]
     out = {"images": resize_images(images, image_hw) if image_hw is not None else images}
     if state_key is not None:
         out["proprio"] = torch.as_tensor(np.asarray(frame[state_key], np.float32))

@@ -164,11 +164,12 @@ def export_main():
     c = model.config
     meta = dict(task=tc['task'], instruction=tc['instruction'], image_keys=tc['image_keys'],
                 state_key=tc['state_key'], action_dim=tc['action_dim'], proprioception_dim=tc['state_dim'],
-                image_size=c.image_size, image_hw=list(c.image_hw), n_obs_steps=c.n_obs_steps,
-                num_cameras=c.num_cameras, chunk_size=c.action_chunk_size,
+                image_size=c.image_size, image_hw=list(c.image_hw), image_crop=list(c.image_crop),
+                n_obs_steps=c.n_obs_steps, num_cameras=c.num_cameras, chunk_size=c.action_chunk_size,
                 n_action_steps=info['n_action_steps'], temporal_ensemble_coeff=info.get('temporal_ensemble_coeff'),
                 action_head_type=c.action_head_type, source=os.path.abspath(ckpt),
-                **({'limits': tc['limits']} if 'limits' in tc else {}))  # a dataset's policy: its shield's limits
+                **({'limits': tc['limits']} if 'limits' in tc else {}),  # a dataset's policy: its shield's limits
+                **({'camera_size': tc['camera_size']} if tc.get('camera_size') else {}))  # its simulator's camera
     path = out or os.path.join(ckpt, 'policy.pt' if format == 'torchscript' else 'policy.pt2')
     export_policy(model, tc['instruction'], path, meta, format, task_index=i)
     module, _ = load_exported(path)  # check the file against the eager model before declaring success
@@ -336,6 +337,8 @@ class ExportedPolicy(VLAPolicy):
         self.image_keys, self.state_key = meta['image_keys'], meta['state_key']
         self.n_obs_steps = meta.get('n_obs_steps', 1)
         self.image_hw = tuple(meta['image_hw']) if meta.get('image_hw') else None  # frames are resized to it
+        self.image_crop = tuple(meta.get('image_crop') or ())  # after this crop (older files: none)
+        self.camera_size = meta.get('camera_size')  # a simulator renders at it (older files: the task's size)
         self.configure_execution(n_action_steps or meta['n_action_steps'], coeff, chunk_join, inference_delay,
                                  threaded, meta.get('chunk_size'), can_guide=False)  # older files: no chunk_size, unchecked
 
@@ -459,8 +462,8 @@ def run_main():
                 import ros2
                 bot = ros2.Ros2Robot(meta['image_keys'], meta['state_key'], meta['action_dim'], seed, ros_namespace,
                                      ros_remap, ros_reliability, ros_qos_depth, timeout=watchdog_timeout)
-                bot.max_steps = max_steps or tasks.TASKS.get(task_name, {}).get('max_steps', 0)
-                if not bot.max_steps:
+                step_limit = max_steps or tasks.TASKS.get(task_name, {}).get('max_steps', 0)
+                if not step_limit:
                     raise SystemExit(f"{task_name} has no step limit in tasks.py: pass --max_steps")
                 shield, rest = make_shield(task_name, bot.action_dim, limits=meta.get('limits'))
             else:
@@ -469,13 +472,14 @@ def run_main():
                     raise SystemExit(f"{policy} was trained on the dataset {task_name}, which has no simulator: "
                                      f"--robot=sim has nothing to run it in. Run it on the robot that recorded it "
                                      f"(--robot=ros2, or a class with envs.SimRobot's interface)")
-                bot = envs.SimRobot(task_name, seed, max_steps)
+                bot = envs.SimRobot(task_name, seed, max_steps, image_size=meta.get('camera_size'))
+                step_limit = bot.max_steps
                 if bot.action_dim != meta['action_dim']:
                     raise SystemExit(f"the policy outputs {meta['action_dim']} action values but the robot takes "
                                      f"{bot.action_dim}: export a policy trained for this robot")
                 shield, rest = make_shield(task_name, bot.action_dim)
             try:
-                r = control_loop(pol, bot, shield, rate, bot.max_steps, hold=rest)
+                r = control_loop(pol, bot, shield, rate, step_limit, hold=rest)
             finally:
                 bot.close()
             r.update(seed=seed, interventions=dict(shield.counts))

@@ -34,10 +34,12 @@ def task_module(task):
     return importlib.import_module(TASKS[task]["module"])
 
 
-def make_env(task, render_mode="rgb_array", obs_type=None):
+def make_env(task, render_mode="rgb_array", obs_type=None, image_size=None):
     """A gymnasium env with the task's time limit. obs_type=None -> images + state (what the policy sees);
-    obs_type="state" is ~10x faster (no rendering) and is what planning uses."""
-    return task_module(task).make_env(task, render_mode, obs_type)
+    obs_type="state" is ~10x faster (no rendering) and is what planning uses. image_size: the camera's side in
+    pixels (None = the task's, TASKS[task]['image_size']); a policy runs in the simulator at the size it was
+    recorded at (camera_size)."""
+    return task_module(task).make_env(task, render_mode, obs_type, image_size)
 
 
 def obs_to_frame(task, obs):
@@ -68,10 +70,11 @@ def make_expert(task, **kw):
 class SimRobot:
     """A simulator behind deploy.py's robot interface (get_observation() -> frame dict with 'timestamp',
     send_action(a), close()), so the control loop runs end to end on a laptop.
-    send_action steps the simulator; .success/.done report the episode's outcome."""
+    send_action steps the simulator; .success/.done report the episode's outcome. image_size: the camera's side
+    (None = the task's; a policy's camera_size)."""
 
-    def __init__(self, task, seed, max_steps=0):
-        self.task, self.env = task, make_env(task)
+    def __init__(self, task, seed, max_steps=0, image_size=None):
+        self.task, self.env = task, make_env(task, image_size=image_size)
         self.action_dim = int(np.prod(self.env.action_space.shape))
         self.max_steps = max_steps or TASKS[task]['max_steps']
         self.obs, _ = self.env.reset(seed=seed)
@@ -95,12 +98,13 @@ class SimRobot:
 # recording demonstrations
 
 
-def run_expert_episode(task, seed, expert_kw=None, render=True):
+def run_expert_episode(task, seed, expert_kw=None, render=True, image_size=None):
     """Roll out the expert on one seeded episode until success (the env terminates) or the time limit.
     -> dict(seed, success, steps, actions (T, action_dim) float32, plan_seconds, decisions, task-specific
-    measures, and when render: images uint8 (T, H, W, 3), states float32 (T, state_dim): the observation BEFORE
-    each action). expert_kw: options of the task's expert (PushT: max_step; ALOHA: ik)."""
-    return task_module(task).run_expert_episode(task, seed, expert_kw, render)
+    measures, and when render: images uint8 (T, S, S, 3) at image_size (None = the task's), states float32
+    (T, state_dim): the observation BEFORE each action). expert_kw: options of the task's expert (PushT:
+    max_step; ALOHA: ik)."""
+    return task_module(task).run_expert_episode(task, seed, expert_kw, render, image_size)
 
 
 def _episode_worker(args):
@@ -138,16 +142,17 @@ def imap_workers(worker, jobs, num_workers, module="envs"):
         yield from pool.imap(fn, jobs)
 
 
-def _episodes(task, seeds, num_workers, expert_kw):
+def _episodes(task, seeds, num_workers, expert_kw, image_size=None):
     """Yield finished expert episodes in seed order."""
-    return imap_workers("_episode_worker", [(task, s, expert_kw) for s in seeds], num_workers)
+    return imap_workers("_episode_worker", [(task, s, expert_kw, True, image_size) for s in seeds], num_workers)
 
 
 def record_demonstrations(task, num_episodes, out_dir, seed=0, num_workers=1, use_videos=False, max_attempts=None,
-                          expert_kw=None):
+                          expert_kw=None, image_size=None):
     """Run the expert on seeds seed, seed+1, ... and write the successful episodes (only those) to a LeRobot
     dataset at out_dir until num_episodes are kept or max_attempts (default 2 * num_episodes + 10) seeds are
-    used. Workers simulate and render; this process alone writes. Returns a summary dict."""
+    used. Workers simulate and render (the camera at image_size, None = the task's); this process alone writes.
+    Returns a summary dict."""
     from tqdm import tqdm
 
     import dataset_writer
@@ -157,7 +162,7 @@ def record_demonstrations(task, num_episodes, out_dir, seed=0, num_workers=1, us
     if seed < 0 or seed + max_attempts > VAL_SEED:
         raise ValueError(f"demo seeds {seed}..{seed + max_attempts - 1} must stay in [0, VAL_SEED={VAL_SEED}): "
                          f"seeds from VAL_SEED on are for evaluation; start lower or lower max_attempts")
-    h = spec["image_size"]
+    h = image_size or spec["image_size"]
     state_names, action_names, robot_type = module.feature_names(task)  # for meta/info.json
     features = {
         spec["image_keys"][0]: {"dtype": "video" if use_videos else "image", "shape": (h, h, 3),
@@ -168,7 +173,7 @@ def record_demonstrations(task, num_episodes, out_dir, seed=0, num_workers=1, us
     writer = dataset_writer.LeRobotDatasetWriter(out_dir, spec["fps"], features, robot_type=robot_type, use_videos=use_videos)
     t0, kept, attempts, steps, plan_s, decisions, max_delta = time.time(), 0, 0, [], 0.0, 0, None
     bar = tqdm(total=num_episodes, desc=f"recording {task} demos", unit="ep")
-    episodes = _episodes(task, range(seed, seed + max_attempts), num_workers, expert_kw)
+    episodes = _episodes(task, range(seed, seed + max_attempts), num_workers, expert_kw, image_size)
     for ep in episodes:
         attempts += 1
         plan_s, decisions = plan_s + ep["plan_seconds"], decisions + ep["decisions"]
@@ -219,6 +224,7 @@ if __name__ == "__main__":
     p.add_argument("--out", default=None, help="record a LeRobot dataset here instead of only evaluating")
     p.add_argument("--num_workers", type=int, default=1)
     p.add_argument("--use_videos", action="store_true", help="store camera frames as mp4 instead of PNG")
+    p.add_argument("--image_size", type=int, default=None, help="the camera's side in pixels (default: the task's)")
     p.add_argument("--max_step", type=float, help="%s only: %s" % expert_flags["max_step"])
     p.add_argument("--ik", action="store_true", default=None, help="%s only: %s" % expert_flags["ik"])
     p.add_argument("--verbose", action="store_true")
@@ -226,6 +232,8 @@ if __name__ == "__main__":
     kw = {k: getattr(args, k) for k in expert_flags if getattr(args, k) is not None}  # the expert flags given
     for k in sorted(set(kw) - set(task_module(args.task).EXPERT_FLAGS)):
         p.error(f"--{k} applies only to {expert_flags[k][0]}, not to --task={args.task}: drop --{k}")
+    if args.image_size is not None and (args.image_size < 1 or not args.out):
+        p.error("--image_size is the recorded camera's side: a positive number of pixels, with --out")
     if args.seed is None:
         args.seed = 0 if args.out else TEST_SEED
     if args.out and os.path.exists(os.path.join(args.out, "meta", "info.json")):
@@ -233,7 +241,7 @@ if __name__ == "__main__":
                          f"delete it or pick another --out")
     if args.out:
         record_demonstrations(args.task, args.episodes, args.out, seed=args.seed, num_workers=args.num_workers,
-                              use_videos=args.use_videos, expert_kw=kw)
+                              use_videos=args.use_videos, expert_kw=kw, image_size=args.image_size)
     else:
         t0 = time.time()
         m = evaluate_expert(args.task, args.episodes, args.seed, kw, verbose=args.verbose)

@@ -131,7 +131,8 @@ class ManipulationEvaluator:
                     for i, seed in enumerate(seeds)]
             episodes = envs.imap_workers('_episode_worker', jobs, num_workers, module='eval')
         else:
-            env = envs.make_env(self.task)
+            # the camera its data was recorded at (a VLAPolicy's camera_size; other policy objects: the task's)
+            env = envs.make_env(self.task, image_size=getattr(policy, 'camera_size', None))
             episodes = (self.run_episode(policy, env, seed, bool(self.video_dir) and i < self.n_videos)
                         for i, seed in enumerate(seeds))
         results, t0 = [], time.time()
@@ -192,7 +193,7 @@ def _episode_worker(args):
     torch.set_num_threads(1)  # the workers share the cores: one thread each, no OpenMP spinning
     policy = worker_policy(dict(spec, task=task))
     if 'env' not in _WORKER:
-        _WORKER['env'] = envs.make_env(task)
+        _WORKER['env'] = envs.make_env(task, image_size=policy.camera_size)
     evaluator = ManipulationEvaluator(task, n_episodes=1, start_seed=seed, max_steps=max_steps, progress=False)
     return evaluator.run_episode(policy, _WORKER['env'], seed, record)
 
@@ -218,13 +219,13 @@ def _dagger_worker(args):
     if threads:
         torch.set_num_threads(threads)
     policy = worker_policy(dict(ckpt_dir=ckpt, task=task))  # a multi-task policy: its entry for this task
-    expert, env = envs.make_expert(task, **(expert_kw or {})), envs.make_env(task)
+    expert, env = envs.make_expert(task, **(expert_kw or {})), envs.make_env(task, image_size=policy.camera_size)
     rng = np.random.default_rng(rng_seed)
     obs, _ = env.reset(seed=seed)
     policy.reset()
     expert.reset()
     episodes, expert_steps, success, use_expert = [], 0, False, False
-    copy_env = _branch_env(task) if branch else None
+    copy_env = _branch_env(task, policy.camera_size) if branch else None
     for t in range(max_steps):
         frame = envs.obs_to_frame(task, obs)
         if branch:  # the learner drives (use_expert stays False); the expert answers from copies of its states
@@ -263,10 +264,10 @@ def check_branches(task):
                          f"use expert segments (--expert_branch=0) for task {task!r}")
 
 
-def _branch_env(task):
-    """A second env for expert branches, to copy the learner's states into."""
+def _branch_env(task, image_size=None):
+    """A second env for expert branches, to copy the learner's states into (its camera the learner's)."""
     check_branches(task)
-    return envs.make_env(task)
+    return envs.make_env(task, image_size=image_size)
 
 
 def _expert_branch(task, env, copy_env, expert_kw, steps):

@@ -201,11 +201,11 @@ class LiftEnv(gym.Env):
         self._renderers = {}
 
 
-def make_env(task, render_mode="rgb_array", obs_type=None):
+def make_env(task, render_mode="rgb_array", obs_type=None, image_size=None):
     """The task with its time limit; obs_type=None -> image + state (what the policy sees), 'state' -> no image.
-    render_mode: rgb_array is the only one."""
+    render_mode: rgb_array is the only one. image_size: the camera's side (None = the task's)."""
     spec = SPECS[task]
-    env = LiftEnv(obs_type=obs_type or "pixels_agent_pos", image_size=spec["image_size"])
+    env = LiftEnv(obs_type=obs_type or "pixels_agent_pos", image_size=image_size or spec["image_size"])
     return gym.wrappers.TimeLimit(env, max_episode_steps=spec["max_steps"])
 
 
@@ -336,17 +336,17 @@ def vqa_answers(task, state):
 _envs = {}  # (image size, render) -> env of this process, see run_expert_episode
 
 
-def run_expert_episode(task, seed, expert_kw=None, render=True, env=None):
+def run_expert_episode(task, seed, expert_kw=None, render=True, image_size=None, env=None):
     """Roll the expert out on one seeded episode until success (the env terminates) or the time limit.
     -> dict(success, steps, actions (T, 4) float32, seconds, plan_seconds, and when render: images (T, S, S, 3)
-    uint8, states (T, 5) float32: the observation BEFORE each action). env: reuse one from make_env(task,
-    obs_type=None if render else 'state'); by default one is kept per process (building one costs ~0.4 s, its
-    renderer ~1 s more, about as much as an episode)."""
+    uint8 (S = image_size, None = the task's), states (T, 5) float32: the observation BEFORE each action). env:
+    reuse one from make_env(task, obs_type=None if render else 'state'); by default one is kept per process
+    (building one costs ~0.4 s, its renderer ~1 s more, about as much as an episode)."""
     t0, spec = time.perf_counter(), SPECS[task]
     if env is None:  # one env per process and observation type, reused across the episodes it runs
-        key = (spec["image_size"], render)
+        key = (image_size or spec["image_size"], render)
         if key not in _envs:
-            _envs[key] = make_env(task, obs_type=None if render else "state")
+            _envs[key] = make_env(task, obs_type=None if render else "state", image_size=key[0])
         env = _envs[key]
     expert = make_expert(task, seed=seed, **(expert_kw or {}))
     obs, _ = env.reset(seed=seed)

@@ -75,6 +75,8 @@ class ManipulationVLAConfig:
     text_prompt: str = ""  # causal text_encoder only: a prompt with one {} for the instruction ('' = PromptEOL), see above
     image_size: int = 96  # dataset image height (and width, unless image_width is set)
     image_width: int = 0  # dataset image width; 0 = square (image_size)
+    image_crop: tuple = ()  # (top, left, height, width) fractions of each camera frame kept before the resize to
+    #                          image_hw, in training and at every step after (data.crop_box); () = the whole frame
     num_cameras: int = 1
     n_obs_steps: int = 1  # observations the policy sees: t-n+1..t (Diffusion Policy conditions on 2)
     use_depth: bool = False  # a small CNN encodes (B, cams, 1, H, W) depth into extra tokens
@@ -117,6 +119,7 @@ class ManipulationVLAConfig:
 
     def __post_init__(self):
         """Validate right after construction, naming the fix."""
+        self.image_crop = tuple(self.image_crop)  # config.json stores it as a list
         if self.action_head_type not in HEAD_TYPES:
             raise ValueError(f"action_head_type must be one of {HEAD_TYPES}, got {self.action_head_type!r}")
         if self.action_type != "continuous":
@@ -142,7 +145,8 @@ class ManipulationVLAConfig:
         return self.image_size, self.image_width or self.image_size
 
 
-DATASET_FIELDS = ("image_size", "image_width", "num_cameras", "proprioception_dim", "action_dim", "num_tasks")  # from the data
+DATASET_FIELDS = ("image_size", "image_width", "image_crop", "num_cameras", "proprioception_dim", "action_dim",
+                  "num_tasks")  # from the data (and train_bc.py's data keys)
 
 
 def config_defaults():
@@ -491,7 +495,9 @@ def as_tensor(x, name):
 POLICY_TASK_KEYS = ("task", "instruction", "instructions", "image_keys", "state_key", "action_dim", "state_dim")
 # a policy trained on a dataset with no simulator (train_bc.py --dataset without --task) also stores its shield's
 # limits, measured on its data: {action_low, action_high, max_step_change} (deploy.py; eval.py has nothing to run)
-POLICY_TASK_OPTIONAL = ("limits",)
+# A policy of a simulated task stores camera_size, the side of the simulator's camera its data was recorded at: eval.py,
+# DAgger and deploy.py's simulator render at it (older checkpoints: the task's image_size)
+POLICY_TASK_OPTIONAL = ("limits", "camera_size")
 
 
 def policy_info(tasks, n_action_steps=None, temporal_ensemble_coeff=None, stage="policy", **extra):

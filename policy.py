@@ -46,19 +46,23 @@ class VLAPolicy:
     arrives (a threaded policy slower than the chunk) yields None: the shield holds and counts it (`starved`).
     Observation history: every step's frame enters a queue of the model's n_obs_steps last frames (the first
     frame of an episode fills it, as the dataset pads), so a prediction always sees the steps t-n+1..t.
+    camera_size: the side of the simulator camera its training data was recorded at (None = the task's), at which
+    eval.py, DAgger and deploy.py's simulator render for it.
     """
 
     raise_on_nonfinite = True
 
     def __init__(self, model, instruction, n_action_steps, temporal_ensemble_coeff=None,
                  image_keys=('observation.image',), state_key='observation.state', task_index=None,
-                 chunk_join='', inference_delay=0, threaded=False, rtc_max_weight=5.0):
+                 chunk_join='', inference_delay=0, threaded=False, rtc_max_weight=5.0, camera_size=None):
         self.model, self.instruction, self.rtc_max_weight = model, instruction, rtc_max_weight
+        self.camera_size = camera_size
         self.image_keys, self.state_key = list(image_keys), state_key
         self.task_index = task_index  # which of a multi-task model's tasks (its statistics, head, action dims)
         cfg = getattr(model, 'config', None)
         self.n_obs_steps = getattr(cfg, 'n_obs_steps', 1)
         self.image_hw = cfg.image_hw if cfg is not None else None
+        self.image_crop = getattr(cfg, 'image_crop', ())  # the training frames' crop: live frames are cut alike
         self.device = next(model.parameters()).device
         self.text = None
         self.configure_execution(n_action_steps, temporal_ensemble_coeff, chunk_join, inference_delay, threaded,
@@ -106,7 +110,8 @@ class VLAPolicy:
     def observe(self, frame):
         """Add one frame to the observation history -> (images, proprio) of the last n_obs_steps, batch of 1:
         (1, cams, 3, H, W) and (1, P), or (1, n_obs, cams, 3, H, W) and (1, n_obs, P)."""
-        sample = data.frame_to_model_input(frame, self.image_keys, self.state_key, image_hw=self.image_hw)
+        sample = data.frame_to_model_input(frame, self.image_keys, self.state_key, image_hw=self.image_hw,
+                                           image_crop=self.image_crop)
         while len(self.history) < self.n_obs_steps - 1:
             self.history.append(sample)
         self.history.append(sample)
@@ -268,5 +273,6 @@ def load_policy(ckpt_dir, device='cpu', n_action_steps=0, temporal_ensemble_coef
     pol = VLAPolicy(model, text, settings['n_action_steps'], settings['temporal_ensemble_coeff'],
                     image_keys=entry['image_keys'], state_key=entry['state_key'],
                     task_index=i if model.config.num_tasks > 1 else None, chunk_join=chunk_join,
-                    inference_delay=inference_delay, threaded=threaded, rtc_max_weight=rtc_max_weight)
+                    inference_delay=inference_delay, threaded=threaded, rtc_max_weight=rtc_max_weight,
+                    camera_size=entry.get('camera_size'))
     return settings, pol

@@ -38,14 +38,15 @@ SPECS = {"pusht": TASKS["pusht"]}
 EXPERT_FLAGS = ("max_step",)  # the expert options `python envs.py` takes for this task
 
 
-def make_env(task, render_mode="rgb_array", obs_type=None):
+def make_env(task, render_mode="rgb_array", obs_type=None, image_size=None):
     """gym-pusht's env. obs_type None = "pixels_agent_pos": image + agent xy (what the policy sees); "state" is
-    ~10x faster (no rendering) and is what planning uses."""
+    ~10x faster (no rendering) and is what planning uses. image_size: the camera's side (None = the task's)."""
     spec = SPECS[task]
+    size = image_size or spec["image_size"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # gymnasium's passive checker warns about the float64 obs spaces
         return gym.make(spec["env_id"], obs_type=obs_type or "pixels_agent_pos", render_mode=render_mode,
-                        observation_width=spec["image_size"], observation_height=spec["image_size"],
+                        observation_width=size, observation_height=size,
                         max_episode_steps=spec["max_steps"])
 
 
@@ -550,12 +551,13 @@ def make_expert(task, **kw):
 # episodes and evaluation
 
 
-def run_expert_episode(task, seed, expert_kw=None, render=True):
+def run_expert_episode(task, seed, expert_kw=None, render=True, image_size=None):
     """Roll out the expert on one seeded episode until success (the env terminates) or the time limit.
     -> dict(success, steps, coverage, actions (T, 2) float32, max_delta, plan_seconds, decisions, and when
-    render: images uint8 (T, H, W, 3), states float32 (T, 2): the observation BEFORE each action)."""
+    render: images uint8 (T, S, S, 3) at image_size (None = the task's), states float32 (T, 2): the observation
+    BEFORE each action)."""
     spec = SPECS[task]
-    env = make_env(task, obs_type=None if render else "state")
+    env = make_env(task, obs_type=None if render else "state", image_size=image_size)
     expert = make_expert(task, seed=seed, **(expert_kw or {}))
     obs, info = env.reset(seed=seed)
     frames, actions, success, start = [], [], False, get_state(env)[:2]

@@ -50,7 +50,10 @@ augment_mirror = False  # reflect half of each batch across the task's symmetry 
 end_frames = 0  # each episode's last N frames are seen end_repeats times per epoch (how the demos finish); 0 = off
 end_repeats = 2  # times per epoch for those last frames (config/pusht_human.py: 20 frames, 3x)
 n_obs_steps = 1  # observations t-n+1..t the policy conditions on (Diffusion Policy uses 2), via delta_timestamps
-image_size = 0  # 0 = train at the dataset's frame size; N = frames resized to height N (same aspect) while decoding
+image_size = 0  # 0 = the dataset's frame size; N = frames of height N: a given --dataset is resized (same aspect)
+#                while decoding, a simulated task's demonstrations are recorded with its camera at N x N
+image_crop = ()  # (top, left, height, width) fractions of each frame kept before that resize, e.g. (0.25, 0, 0.5, 1);
+#                  the checkpoint keeps it and every later frame is cut alike; () = the whole frame
 # model (fields of model.ManipulationVLAConfig; dims come from the dataset)
 vision_encoder = 'cnn'  # 'cnn' | 'tiny-siglip' | a SigLIP hub id or folder
 vlm_backbone = 'tiny-qwen2'  # 'tiny-qwen2' | a causal-LM hub id or folder, e.g. Qwen/Qwen2-0.5B-Instruct
@@ -140,13 +143,18 @@ if master_process:
 
 # -----------------------------------------------------------------------------
 # data: a LeRobot dataset; for the simulated tasks we record it with the task's expert
-dataset_path = dataset or os.path.join('data', f'{task}_{dataset_episodes}ep')
+# a simulated task records its camera at --image_size (ACT's was 480x640; at 96x96 ALOHA's cube is 3 px wide), into a
+# folder of its own; a given --dataset is resized while decoding instead
+record_size = image_size if simulated and not dataset and image_size not in (0, task_spec['image_size']) else None
+dataset_path = dataset or os.path.join('data', f'{task}_{dataset_episodes}ep'
+                                       + (f'_{record_size}px' if record_size else ''))
 if not simulated:  # the folder dataset_spec resolved: the two splits below open it without asking the hub again
     dataset_path = task_spec['root']
 if not dataset:
     if master_process:
         train_common.record_if_missing(dataset_path, lambda tmp: envs.record_demonstrations(
-            task, dataset_episodes, tmp, seed=0, num_workers=os.cpu_count(), use_videos=dataset_video),
+            task, dataset_episodes, tmp, seed=0, num_workers=os.cpu_count(), use_videos=dataset_video,
+            image_size=record_size),
             f"recording {dataset_episodes} expert episodes")
     if ddp:
         dist.barrier()
@@ -156,7 +164,8 @@ def open_split(episodes):
     """The dataset's frames of these episodes (None = all), as the policy reads them."""
     return data.ManipulationDataset(dataset_path, image_keys=task_spec['image_keys'], state_key=task_spec['state_key'],
                                     chunk_size=action_chunk_size, instruction=instruction or None,
-                                    n_obs_steps=n_obs_steps, episodes=episodes, image_size=image_size or None)
+                                    n_obs_steps=n_obs_steps, episodes=episodes, image_size=image_size or None,
+                                    image_crop=image_crop)
 
 
 val_set = None
@@ -183,10 +192,13 @@ print0(f"instruction{'s' if len(instructions) > 1 else ''} (from {'--instruction
 if simulated and eval_instruction != task_spec['instruction']:
     print0(f"note: this differs from envs.TASKS['{task}'] instruction {task_spec['instruction']!r}; the policy is "
            f"conditioned on {eval_instruction!r}, which the checkpoint stores for eval.py and deploy.py")
-frame_hw = train_set.images[0].shape[1:3]  # after --image_size's resize: what the policy sees
-if simulated and tuple(frame_hw) != (task_spec['image_size'], task_spec['image_size']):
-    print0(f"note: dataset frames are {frame_hw[0]}x{frame_hw[1]}, the simulator renders {task_spec['image_size']}x"
-           f"{task_spec['image_size']}: evaluation resizes its frames to the dataset's size (or stops if the aspect differs)")
+frame_hw = train_set.images[0].shape[1:3]  # after --image_crop and --image_size: what the policy sees
+stored_hw = meta.features[task_spec['image_keys'][0]]['shape'][:2]  # as recorded
+camera_size = stored_hw[0] if simulated and stored_hw[0] == stored_hw[1] else None  # the simulator renders at it
+if simulated and (image_crop or tuple(frame_hw) != tuple(stored_hw)):
+    print0(f"note: the policy sees {frame_hw[0]}x{frame_hw[1]} frames of the {stored_hw[0]}x{stored_hw[1]} recording: "
+           f"evaluation renders at the recording's size and {'crops and ' if image_crop else ''}resizes as "
+           f"training did")
 
 
 rows_per_epoch = data.epoch_rows(train_set, end_frames, end_repeats)  # every frame once, unless end_frames > 0
@@ -229,15 +241,18 @@ if init_from:  # fine-tune: architecture, weights and normalization statistics c
         model.set_normalization_stats(stats)  # identity action statistics; this dataset's go in, the head trains here
     model_config = model.config
     print0(f"initialized from {init_from}; its config wins over model keys given here")
-    if model_config.image_hw != frame_hw or model_config.n_obs_steps != n_obs_steps:
-        raise SystemExit(f"{init_from} was trained on {model_config.image_hw} frames with n_obs_steps="
-                         f"{model_config.n_obs_steps}; this dataset has {frame_hw} frames and --n_obs_steps={n_obs_steps}")
+    if (model_config.image_hw != frame_hw or model_config.n_obs_steps != n_obs_steps
+            or model_config.image_crop != tuple(image_crop)):
+        raise SystemExit(f"{init_from} was trained on {model_config.image_hw} frames (image_crop="
+                         f"{model_config.image_crop}) with n_obs_steps={model_config.n_obs_steps}; this dataset has "
+                         f"{frame_hw} frames (--image_crop={tuple(image_crop)}) and --n_obs_steps={n_obs_steps}")
 else:
     if relative_actions and 'delta' in task_spec.get('action_mode', ()):
         raise SystemExit(f"relative_actions=True: {task}'s actions are already displacements (action_mode "
                          f"{task_spec['action_mode']}), not positions to measure from the state; leave it False")
     model_config = ManipulationVLAConfig(**{k: v for k, v in config.items() if k in model_fields and k not in DATASET_FIELDS},
                                          image_size=frame_hw[0], image_width=0 if frame_hw[0] == frame_hw[1] else frame_hw[1],
+                                         image_crop=tuple(image_crop),
                                          num_cameras=len(task_spec['image_keys']),
                                          proprioception_dim=meta.features[task_spec['state_key']]['shape'][0],
                                          action_dim=meta.features['action']['shape'][0])
@@ -250,7 +265,8 @@ if model_config.num_tasks != 1:
 model.policy_info = policy_info([dict(task=task or dataset, instruction=eval_instruction, instructions=instructions,
                                       image_keys=task_spec['image_keys'], state_key=task_spec['state_key'],
                                       action_dim=model_config.action_dim, state_dim=model_config.proprioception_dim,
-                                      **({} if simulated else dict(limits=data.action_limits(train_set))))],
+                                      **(dict(camera_size=camera_size) if simulated
+                                         else dict(limits=data.action_limits(train_set))))],
                                 n_action_steps, temporal_ensemble_coeff)
 model.to(device)
 ema_model = None
@@ -335,7 +351,7 @@ def evaluate(n_episodes, start_seed, video_dir=None, workers=1):
         return open_loop_error()
     policy = dict(ckpt_dir=out_dir) if workers > 1 else VLAPolicy(
         eval_model, instruction=eval_instruction, n_action_steps=n_action_steps,
-        temporal_ensemble_coeff=temporal_ensemble_coeff, image_keys=task_spec['image_keys'])
+        temporal_ensemble_coeff=temporal_ensemble_coeff, image_keys=task_spec['image_keys'], camera_size=camera_size)
     evaluator = ManipulationEvaluator(task, n_episodes=n_episodes, start_seed=start_seed, max_steps=eval_max_steps,
                                       video_dir=video_dir, n_videos=2 if video_dir else 0)
     with torch.random.fork_rng(devices=[]):

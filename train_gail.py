@@ -92,13 +92,17 @@ rng = np.random.default_rng(seed)
 os.makedirs(out_dir, exist_ok=True)
 LOW, HIGH = (np.asarray(spec[k], np.float32) for k in ('action_low', 'action_high'))  # scalars (PushT) or per dim
 HALF_RANGE = np.broadcast_to((HIGH - LOW) / 2, (spec['action_dim'],))  # action units per unit of [-1, 1], per dim
+camera_size = None  # the simulator's camera side: the task's, or in pixels mode the one the BC policy's data had
 if obs_mode == 'pixels':  # check the checkpoint before spending minutes on demonstrations
-    from model import ManipulationVLA
+    from model import ManipulationVLA, ManipulationVLAConfig
     if not init_from:
         raise SystemExit("obs_mode='pixels' needs --init_from=<train_bc.py checkpoint with --action_head_type=gaussian>")
-    head = json.load(open(os.path.join(init_from, 'config.json')))['config']['action_head_type']
-    if head != 'gaussian':
-        raise SystemExit(f"{init_from} has a {head!r} head; GAIL needs log-probs: train with --action_head_type=gaussian")
+    bc_json = json.load(open(os.path.join(init_from, 'config.json')))
+    bc_config = ManipulationVLAConfig(**bc_json['config'])
+    camera_size = bc_json['policy']['tasks'][0].get('camera_size')  # its data's camera: GAIL renders alike
+    if bc_config.action_head_type != 'gaussian':
+        raise SystemExit(f"{init_from} has a {bc_config.action_head_type!r} head; GAIL needs log-probs: train with "
+                         f"--action_head_type=gaussian")
 
 
 def observe(env, obs):
@@ -213,7 +217,8 @@ def batch_obs(obs_list):
     """A list of observations -> the networks' input batch."""
     if obs_mode == 'state':
         return torch.from_numpy(np.stack(obs_list))
-    samples = [data.frame_to_model_input(o, spec['image_keys'], spec['state_key']) for o in obs_list]
+    samples = [data.frame_to_model_input(o, spec['image_keys'], spec['state_key'], bc_config.image_hw,
+                                         bc_config.image_crop) for o in obs_list]  # as the BC policy saw frames
     return {'images': torch.stack([s['images'] for s in samples]), 'proprio': torch.stack([s['proprio'] for s in samples])}
 
 
@@ -226,7 +231,7 @@ def index_obs(obs, idx):
 def record_expert(n):
     """-> (observations, actions in [-1, 1], episode index of each pair) from the successful ones of n expert
     episodes on training seeds."""
-    env, expert = envs.make_env(task), envs.make_expert(task)
+    env, expert = envs.make_env(task, image_size=camera_size), envs.make_expert(task)
     obs_list, act_list, episode, ok = [], [], [], 0
     for s in tqdm(range(n), desc='expert demos'):
         obs, info = env.reset(seed=s)
@@ -281,7 +286,7 @@ def step_chunk(env, chunk, t):
 def evaluate(n_episodes, start_seed):
     """Success rate, mean discriminator reward and mean over episodes of the best env reward (PushT: goal
     coverage, a graded measure where success is rare) of the deterministic (mean) policy."""
-    env = envs.make_env(task)
+    env = envs.make_env(task, image_size=camera_size)
     successes, rewards, best = [], [], []
     for s in range(start_seed, start_seed + n_episodes):
         obs, info = env.reset(seed=s)
@@ -486,7 +491,7 @@ else:
 
 # -----------------------------------------------------------------------------
 # GAIL: rollouts -> discriminator -> PPO on the discriminator's reward
-env = envs.make_env(task)
+env = envs.make_env(task, image_size=camera_size)
 raw_obs, _ = env.reset(seed=next_seed)
 carry = (raw_obs, 0, next_seed)
 t0 = time.time()

@@ -188,6 +188,9 @@ S = max(d['state_dim'] for d in task_data)
 if init_from:  # fine-tune: architecture, weights and per-task statistics come from the checkpoint (as train_bc.py)
     model = ManipulationVLA.from_pretrained(init_from)
     stored = [t['task'] for t in model.policy_info.get('tasks', [])]
+    if model.config.image_crop:
+        raise SystemExit(f"{init_from} reads frames cropped to {model.config.image_crop} (train_bc.py --image_crop); "
+                         f"train_multitask.py trains on whole frames: fine-tune it with train_bc.py --init_from")
     if stored != list(tasks) or model.config.image_hw != (image_size, image_size):
         raise SystemExit(f"{init_from} serves tasks {stored} at {model.config.image_hw} frames: fine-tune it with "
                          f"--tasks={stored} --image_size={model.config.image_size}")

@@ -54,9 +54,10 @@ class ReachEnv(gym.Env):
         return image
 
 
-def make_env(task, render_mode="rgb_array", obs_type=None):
+def make_env(task, render_mode="rgb_array", obs_type=None, image_size=None):
     spec = SPECS[task]
-    return gym.wrappers.TimeLimit(ReachEnv(spec["image_size"], obs_type), max_episode_steps=spec["max_steps"])
+    env = ReachEnv(image_size or spec["image_size"], obs_type)
+    return gym.wrappers.TimeLimit(env, max_episode_steps=spec["max_steps"])
 
 
 def obs_to_frame(task, obs):
@@ -99,9 +100,10 @@ def make_expert(task, **kw):
     return ReachExpert(**kw)
 
 
-def run_expert_episode(task, seed, expert_kw=None, render=True):
+def run_expert_episode(task, seed, expert_kw=None, render=True, image_size=None):
     spec = SPECS[task]
-    env, expert = make_env(task, obs_type=None if render else "state"), make_expert(task, **(expert_kw or {}))
+    env = make_env(task, obs_type=None if render else "state", image_size=image_size)
+    expert = make_expert(task, **(expert_kw or {}))
     obs, _ = env.reset(seed=seed)
     frames, actions, success = [], [], False
     for _ in range(spec["max_steps"]):

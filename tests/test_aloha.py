@@ -33,6 +33,9 @@ def test_env_resets_steps_and_renders_headless():
     for _ in range(3):
         obs, reward, terminated, truncated, info = env.step(state)  # hold the start pose
     assert reward == 0 and not terminated and not truncated and not envs.is_success(info)
+    big = envs.obs_to_frame(TASK, envs.make_env(TASK, image_size=192).reset(seed=0)[0])[SPEC["image_keys"][0]]
+    big_red = (big[..., 0] > 150) & (big[..., 1] < 80)  # a camera of twice the side: the cube in ~4x the pixels
+    assert big.shape == (192, 192, 3) and 2.5 * red.sum() <= big_red.sum() <= 6 * red.sum()
     np.testing.assert_allclose(obs["agent_pos"], state, atol=0.05)
     assert env.render().shape == (240, 320, 3)
     with pytest.raises(ValueError, match="obs_type"):

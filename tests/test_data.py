@@ -213,6 +213,30 @@ def test_frames_resized_while_decoding_match_resize_images_and_have_their_own_ca
         data.LeRobotDataset(png_root, cache_dir=cache, image_size=-8)
 
 
+def test_a_crop_is_cut_while_decoding_as_live_frames_are_cut_and_has_its_own_cache(tmp_path, png_root, video_root):
+    """image_crop (top, left, height, width in fractions of the frame) is cut before the resize, while decoding, to
+    exactly what frame_to_model_input makes of the same frame at run time; a crop gets its own cache entry; a box
+    that leaves the frame is refused."""
+    cache, crop = str(tmp_path / "cache"), (0.25, 0.5, 0.5, 0.5)  # rows 4..11 and columns 12..23 of 16x24
+    assert data.crop_box((H, W), crop) == (4, 12, 8, 12) and data.crop_box((H, W), ()) == (0, 0, H, W)
+    for root in (png_root, video_root):
+        full = data.LeRobotDataset(root, cache_dir="").frames["observation.image"]
+        cut = data.LeRobotDataset(root, cache_dir=cache, image_crop=crop).frames["observation.image"]
+        np.testing.assert_array_equal(cut, full[:, 4:12, 12:24])
+        small = data.LeRobotDataset(root, cache_dir=cache, image_crop=crop, image_size=4).frames["observation.image"]
+        live = [data.frame_to_model_input({"observation.image": f}, ["observation.image"], None, (4, 6), crop)
+                for f in full[:5]]
+        np.testing.assert_array_equal(small[:5], torch.stack([x["images"][0] for x in live]).permute(0, 2, 3, 1))
+        assert isinstance(data.LeRobotDataset(root, cache_dir=cache, image_crop=crop).frames["observation.image"],
+                          np.memmap)  # the second open maps the cropped entry in
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 4  # 2 datasets x (crop, crop + resize)
+    for bad in [(0.5, 0, 0.6, 1), (0, 0, 0, 1), (0, 0, 1)]:
+        with pytest.raises(ValueError, match="fractions of the frame"):
+            data.LeRobotDataset(png_root, cache_dir="", image_crop=bad)
+    with pytest.raises(ValueError, match="after image_crop"):
+        data.LeRobotDataset(png_root, cache_dir="", image_crop=crop, image_size=(4, 4))
+
+
 def test_append_episodes_for_dagger(tmp_path, episodes):
     root = write(tmp_path / "ds", episodes[:2])
     more = make_episodes(seed=1, lengths=[4, 3])

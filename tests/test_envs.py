@@ -186,12 +186,14 @@ def test_record_demonstrations_roundtrip(tmp_path):
 
 
 def test_record_with_spawned_workers_from_unguarded_script(tmp_path):
-    """train_bc.py is a script without `if __name__ == "__main__"`: spawned workers must not re-run it."""
+    """train_bc.py is a script without `if __name__ == "__main__"`: spawned workers must not re-run it. They render
+    the camera at the size asked for (48 here, the task's is 96)."""
     script = tmp_path / "script.py"
     script.write_text(f"import sys\nprint('TOP LEVEL', flush=True)\nsys.path.insert(0, {str(Path(envs.__file__).parent)!r})\n"
                       f"import envs\nenvs.record_demonstrations('pusht', 1, {str(tmp_path / 'demos')!r}, seed=3, "
-                      f"num_workers=2)\n")
+                      f"num_workers=2, image_size=48)\n")
     res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.count("TOP LEVEL") == 1, "a worker re-ran the parent script"
-    assert len(data.LeRobotDataset(tmp_path / "demos").meta.episodes) == 1
+    ds = data.LeRobotDataset(tmp_path / "demos")
+    assert len(ds.meta.episodes) == 1 and ds.frames["observation.image"].shape[1:] == (48, 48, 3)

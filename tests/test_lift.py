@@ -33,6 +33,8 @@ def test_env_resets_steps_and_renders_headless():
     assert img.dtype == np.uint8 and img.shape == (96, 96, 3) and img.std() > 20
     assert state.dtype == np.float32 and state.shape == (SPEC["state_dim"],)
     assert 15 <= red_pixels(img) <= 150, f"expected the cube as a small red blob, got {red_pixels(img)} px"
+    big = lift.obs_to_frame(TASK, lift.make_env(TASK, image_size=192).reset(seed=0)[0])[SPEC["image_keys"][0]]
+    assert big.shape == (192, 192, 3) and 2.5 * red_pixels(img) <= red_pixels(big) <= 6 * red_pixels(img)
     # upright: the white table fills the bottom of the agentview image, the robot and the floor are at the top
     assert img[-20:].mean() > img[:10].mean() + 30
     u = env.unwrapped

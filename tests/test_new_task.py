@@ -31,7 +31,8 @@ def run(repo, script, *args):
     return r.stdout
 
 
-def test_a_fourth_task_is_its_module_a_table_entry_and_a_preset(tmp_path):
+def reach_repo(tmp_path):
+    """A copy of the repo with the reach task added: its module, its table entry and its preset."""
     repo = tmp_path / "repo"
     shutil.copytree(REPO, repo, ignore=shutil.ignore_patterns("out", "data", "tests", "results", ".git", "__pycache__",
                                                               "*.md", "bench"))
@@ -39,6 +40,11 @@ def test_a_fourth_task_is_its_module_a_table_entry_and_a_preset(tmp_path):
     with open(repo / "tasks.py", "a") as f:  # 2. its entry in the task table
         f.write(TABLE_ENTRY)
     (repo / "config" / "reach.py").write_text(PRESET)  # 3. its preset
+    return repo
+
+
+def test_a_fourth_task_is_its_module_a_table_entry_and_a_preset(tmp_path):
+    repo = reach_repo(tmp_path)
     changed = [p for p in ("reach.py", "tasks.py", "config/reach.py")
                if not os.path.exists(os.path.join(REPO, p)) or open(os.path.join(REPO, p)).read() != (repo / p).read_text()]
     assert changed == ["reach.py", "tasks.py", "config/reach.py"]
@@ -58,3 +64,26 @@ def test_a_fourth_task_is_its_module_a_table_entry_and_a_preset(tmp_path):
         "--ppo_iters=1", "--steps_per_iter=32", "--minibatch_size=16", "--eval_episodes=1", "--eval_interval=0",
         "--ppo_epochs=1", "--disc_steps=1")
     assert json.load(open(repo / "out" / "reach_gail" / "gail_state.json"))["iter"] == 1
+
+
+def test_a_simulated_task_records_and_runs_at_the_camera_size_it_trains_at(tmp_path):
+    """--image_size=48 on a simulated task records its camera at 48x48 (a dataset folder of its own) and the
+    checkpoint says so (camera_size): the final test, eval.py's worker processes and deploy.py's simulator render at
+    48, not at the task's 96 scaled down."""
+    import av
+    repo = reach_repo(tmp_path)
+    out = run(repo, "train_bc.py", "--task=reach", "--image_size=48", "--out_dir=out/reach48",
+              "--final_eval_episodes=1")
+    assert "recording 10 expert episodes" in out
+    info = json.load(open(repo / "data" / "reach_10ep_48px" / "meta" / "info.json"))
+    assert info["features"]["observation.image"]["shape"] == [48, 48, 3]
+    checkpoint = json.load(open(repo / "out" / "reach48" / "config.json"))
+    assert checkpoint["policy"]["tasks"][0]["camera_size"] == 48 and checkpoint["config"]["image_size"] == 48
+    run(repo, "eval.py", "--ckpt=out/reach48", "--episodes=2", "--num_workers=2", "--videos=1")
+    with av.open(str(next((repo / "out" / "reach48" / "videos").glob("seed200000_*.mp4")))) as video:
+        assert (video.streams.video[0].width, video.streams.video[0].height) == (48, 48)  # what the simulator rendered
+    run(repo, "deploy.py", "export", "--ckpt=out/reach48")
+    code = ("import deploy, envs; pol, meta = deploy.load_exported('out/reach48/policy.pt'); "
+            "bot = envs.SimRobot('reach', 0, image_size=meta['camera_size']); "
+            "print(meta['camera_size'], bot.get_observation()['observation.image'].shape)")
+    assert run(repo, "-c", code).strip() == "48 (48, 48, 3)"

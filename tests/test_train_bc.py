@@ -129,6 +129,36 @@ def test_overrides_reach_the_script(tiny_dataset, tmp_path):
     assert abs(first['lr'] - 1e-3) < 1e-6  # the cosine schedule starts at the overridden rate
 
 
+def test_image_crop_reaches_the_checkpoint_and_cuts_live_frames_as_training_did(tiny_dataset, tmp_path):
+    """--image_crop keeps part of each frame before --image_size's resize; the checkpoint keeps it, so the policy
+    that eval.py loads and the one deploy.py exports see a full live frame exactly as training saw that frame, and
+    nothing outside the crop reaches them."""
+    import torch
+
+    import data
+    import deploy
+    import policy
+    out, crop = str(tmp_path / 'crop'), (0.25, 0.0, 0.5, 1.0)  # the middle half of the rows: 48x96 -> 24x48
+    train(TINY + [f'--dataset={tiny_dataset}', f'--out_dir={out}', '--max_iters=2', '--ckpt_interval=2',
+                  f'--image_crop={crop}', '--image_size=24'])
+    cfg = json.load(open(os.path.join(out, 'config.json')))['config']
+    assert (cfg['image_crop'], cfg['image_size'], cfg['image_width']) == (list(crop), 24, 48)
+    trained = data.ManipulationDataset(tiny_dataset, image_keys=['observation.image'], image_crop=crop, image_size=24,
+                                       ).get_batch([5])['images']  # what training saw of frame 5
+    raw = np.array(data.LeRobotDataset(tiny_dataset, cache_dir='').frames['observation.image'][5])
+    raw[:24], raw[72:] = 0, 255  # outside the crop
+    frame = {'observation.image': raw, 'observation.state': np.zeros(2, np.float32)}
+    r = subprocess.run([sys.executable, 'deploy.py', 'export', f'--ckpt={out}'], cwd=REPO, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    exported = deploy.ExportedPolicy(*deploy.load_exported(os.path.join(out, 'policy.pt')))
+    for pol in (policy.load_policy(out)[1], exported):
+        assert torch.equal(pol.observe(frame)[0], trained)
+    r = subprocess.run([sys.executable, 'train_bc.py', f'--dataset={tiny_dataset}', '--image_crop=(0.5, 0, 0.6, 1)'],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and 'fractions of the frame' in r.stderr
+
+
 def test_compiled_run_resumes_and_saves_plain_weights(tiny_dataset, tmp_path):
     """torch.compile wraps the model (its state_dict keys gain '_orig_mod.'): a run resumed with --compile=True
     loads the plain checkpoint, trains compiled, and saves the plain module's keys again, which eval.py,
