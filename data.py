@@ -22,7 +22,8 @@ Speed: a training step must never wait on data, so everything is loaded once at 
 and indexing a batch is pure numpy fancy indexing. The decoded frames persist in a frame cache
 (FRAME_CACHE, beside the hub cache): a later open of the same files maps them in without decoding,
 and memory stays bounded by the page cache, not by the dataset. image_size resizes the frames while they decode
-(LIBERO's 256x256 cameras to a 96x96 policy): the cache then holds the small frames only.
+(LIBERO's 256x256 cameras to a 96x96 policy), after image_crop keeps a part of each (crop_box): the cache then holds
+the small frames only.
 """
 import hashlib
 import io

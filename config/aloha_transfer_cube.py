@@ -6,6 +6,7 @@
 # 200 test seeds; 500 demos (8.9 min to record) and the same 15000 iterations (38 min) to 0.94 and 0.955
 # (a second training seed: 0.945)
 # (RESULTS.md, issue 35; 50 demos and 15000 iterations: 0.795). Demos: scripted plan + joint replay (aloha.py).
+# A 192x192 camera (--image_size=192) and EMA off were no better at 50 demos (0.52, 0.42 against 0.50).
 task = 'aloha_transfer_cube'
 out_dir = 'out/aloha_transfer_cube'
 dataset_episodes = 500
