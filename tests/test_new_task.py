@@ -68,8 +68,8 @@ def test_a_fourth_task_is_its_module_a_table_entry_and_a_preset(tmp_path):
 
 def test_a_simulated_task_records_and_runs_at_the_camera_size_it_trains_at(tmp_path):
     """--image_size=48 on a simulated task records its camera at 48x48 (a dataset folder of its own) and the
-    checkpoint says so (camera_size): the final test, eval.py's worker processes and deploy.py's simulator render at
-    48, not at the task's 96 scaled down."""
+    checkpoint says so (camera_size): the final test and eval.py's worker processes render at 48, not at the task's
+    96 scaled down, and an export carries it to the simulator deploy.py runs (envs.SimRobot)."""
     import av
     repo = reach_repo(tmp_path)
     out = run(repo, "train_bc.py", "--task=reach", "--image_size=48", "--out_dir=out/reach48",
