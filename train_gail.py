@@ -94,12 +94,15 @@ LOW, HIGH = (np.asarray(spec[k], np.float32) for k in ('action_low', 'action_hig
 HALF_RANGE = np.broadcast_to((HIGH - LOW) / 2, (spec['action_dim'],))  # action units per unit of [-1, 1], per dim
 camera_size = None  # the simulator's camera side: the task's, or in pixels mode the one the BC policy's data had
 if obs_mode == 'pixels':  # check the checkpoint before spending minutes on demonstrations
-    from model import ManipulationVLA, ManipulationVLAConfig
+    from model import ManipulationVLA, ManipulationVLAConfig, policy_task, read_json
     if not init_from:
         raise SystemExit("obs_mode='pixels' needs --init_from=<train_bc.py checkpoint with --action_head_type=gaussian>")
-    bc_json = json.load(open(os.path.join(init_from, 'config.json')))
+    bc_json = read_json(os.path.join(init_from, 'config.json'))  # no weights loaded yet
     bc_config = ManipulationVLAConfig(**bc_json['config'])
-    camera_size = bc_json['policy']['tasks'][0].get('camera_size')  # its data's camera: GAIL renders alike
+    try:  # the checkpoint's entry for this task (as DAgger reads it): its data's camera, at which GAIL renders
+        camera_size = policy_task(bc_json['policy'], task, init_from)[1].get('camera_size')
+    except ValueError as e:
+        raise SystemExit(str(e)) from e
     if bc_config.action_head_type != 'gaussian':
         raise SystemExit(f"{init_from} has a {bc_config.action_head_type!r} head; GAIL needs log-probs: train with "
                          f"--action_head_type=gaussian")
