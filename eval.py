@@ -41,6 +41,7 @@ temporal_ensemble_coeff = -1.0  # < 0 = the checkpoint's value; >= 0 = ensemblin
 chunk_join = ''  # how a new chunk joins the executing one: 'switch' | 'ensemble' | 'blend' | 'rtc' ('' = as trained)
 inference_delay = 0  # simulated latency: a chunk is used from this many steps after its observation (policy.VLAPolicy)
 rtc_max_weight = 5.0  # real-time chunking's guidance clip beta (Black et al. 2025 use 5)
+flow_noise_scale = -1.0  # a flow head's sampling temperature (its starting noise times this); < 0 = the checkpoint's
 videos = 2  # episodes to save as mp4 in <ckpt>/videos
 num_workers = 1  # processes that run episodes in parallel (one torch thread each; a checkpoint's policy only)
 out = ''  # metrics JSON path ('' = <ckpt>/eval.json, or out/eval_expert_<task>.json)
@@ -313,7 +314,8 @@ if __name__ == '__main__':
             raise SystemExit("pass --ckpt=<folder written by train_bc.py> (or --policy=expert --task=pusht)")
         kw = dict(device=device, n_action_steps=n_action_steps, temporal_ensemble_coeff=temporal_ensemble_coeff,
                   task=task, instruction=instruction, min_instruction_cosine=min_instruction_cosine,
-                  chunk_join=chunk_join, inference_delay=inference_delay, rtc_max_weight=rtc_max_weight)
+                  chunk_join=chunk_join, inference_delay=inference_delay, rtc_max_weight=rtc_max_weight,
+                  flow_noise_scale=flow_noise_scale)
         try:  # --task picks one task of a multi-task checkpoint
             settings, pol = load_policy(ckpt, **kw)
         except ValueError as e:

@@ -250,18 +250,27 @@ def describe_instruction(check):
 
 
 def load_policy(ckpt_dir, device='cpu', n_action_steps=0, temporal_ensemble_coeff=-1.0, task='', instruction='',
-                min_instruction_cosine=0.4, chunk_join='', inference_delay=0, threaded=False, rtc_max_weight=5.0):
+                min_instruction_cosine=0.4, chunk_join='', inference_delay=0, threaded=False, rtc_max_weight=5.0,
+                flow_noise_scale=-1.0):
     """A checkpoint folder -> (settings dict, VLAPolicy). Loads weights, not code: model.safetensors and
     config.json, with this repository's model code. config.json's `policy` says which tasks, instructions,
     cameras and how many actions of a chunk to execute; `task` picks one of a multi-task checkpoint's tasks;
     `instruction` ('' = the stored one) conditions the policy on other words, checked by instruction_check;
-    chunk_join, inference_delay, threaded and rtc_max_weight set how chunks execute (VLAPolicy).
+    chunk_join, inference_delay, threaded and rtc_max_weight set how chunks execute (VLAPolicy); flow_noise_scale
+    >= 0 replaces a flow head's sampling temperature (ManipulationVLAConfig.flow_noise_scale), < 0 keeps the stored one.
     settings = the task's entry + n_action_steps + temporal_ensemble_coeff (as stored) + instruction_check."""
     from model import ManipulationVLA, policy_task
     if not os.path.exists(os.path.join(ckpt_dir, 'config.json')):
         raise FileNotFoundError(f"{ckpt_dir}/config.json is missing: pass a checkpoint folder written by a "
                                 f"train_*.py script (e.g. out/pusht or out/pusht/best)")
     model = ManipulationVLA.from_pretrained(ckpt_dir).to(device).eval()
+    if flow_noise_scale >= 0:
+        if model.config.action_head_type != 'flow':
+            raise ValueError(f"flow_noise_scale={flow_noise_scale}: {ckpt_dir} has a {model.config.action_head_type} "
+                             f"head; the sampling temperature belongs to a flow head")
+        model.config.flow_noise_scale = flow_noise_scale
+        for head in (model.heads if model.config.multi_head else [model.head]):
+            head.noise_scale = flow_noise_scale
     i, entry = policy_task(model.policy_info, task, ckpt_dir)
     info = model.policy_info
     text = instruction or entry['instruction']

@@ -210,15 +210,19 @@ class _Sim:
         _load(self.u, s)  # no space rebuild: a stale contact cache changes results by << 1 px
 
     def step(self, target):
-        """One 10 Hz env step toward target, the same float operations as PushTEnv.step (bitwise equal)."""
+        """One 10 Hz env step toward target, the same float operations as PushTEnv.step (bitwise equal). The agent
+        is kinematic (contacts never move it: infinite mass), so its PD recurrence and pymunk's position update
+        p += v dt run here in Python floats, and pymunk is only told each substep's velocity."""
         agent, space = self.u.agent, self.u.space
         tx, ty = float(target[0]), float(target[1])
+        px, py = agent.position
+        vx, vy = agent.velocity
         for _ in range(10):
-            px, py = agent.position
-            vx, vy = agent.velocity
             ax, ay = 100 * (tx - px) + 20 * (0 - vx), 100 * (ty - py) + 20 * (0 - vy)
-            agent.velocity = (vx + ax * 0.01, vy + ay * 0.01)
+            vx, vy = vx + ax * 0.01, vy + ay * 0.01
+            agent.velocity = (vx, vy)
             space.step(0.01)
+            px, py = px + vx * 0.01, py + vy * 0.01
 
     def rollout(self, s, targets, record=False):
         """Load s, follow targets (T, 2); return the final state, or (T, 10) states if record."""

@@ -139,21 +139,24 @@ def test_rtc_guidance_pulls_the_sampled_prefix_to_the_target(head):
 
 
 def test_training_time_rtc_learns_the_rest_of_a_given_prefix():
-    """prefix_max_delay (training-time RTC): each chunk's first d steps go in at flow time 1 (given) and get no
-    loss; sampling returns the executing steps (weight 1) unchanged and samples the others."""
+    """prefix_max_delay (training-time RTC): each chunk's first d steps go in at flow time 1 (given, with a little
+    noise) and get no loss; sampling returns the executing steps (weight 1) unchanged and samples the others."""
     torch.manual_seed(0)
     h = FlowMatchingActionHead(cond_dim=8, action_dim=2, chunk_size=8, hidden_dim=16, num_blocks=1, prefix_max_delay=7)
     seen = {}
 
-    def keep(module, inputs, v):  # the velocity and the times the net saw
+    def keep(module, inputs, v):  # the noisy chunk, the times and the velocity the net saw
         v.retain_grad()
-        seen.update(t=inputs[1], v=v)
+        seen.update(x=inputs[0], t=inputs[1], v=v)
     h.net.register_forward_hook(keep)
-    cond, target = torch.randn(16, 8), torch.rand(16, 8, 2) * 2 - 1
+    cond, target = torch.randn(64, 8), torch.rand(64, 8, 2) * 2 - 1
     h.compute_loss(cond, target)['loss'].backward()
     given = seen['t'] == h.TIME_SCALE  # (B, T)
     d = given.sum(1)
-    assert torch.equal(given, torch.arange(8)[None] < d[:, None]) and d.max() > 0 and d.min() < 7  # a prefix each
+    assert torch.equal(given, torch.arange(8)[None] < d[:, None]) and d.max() > 1  # a prefix at the start
+    assert 16 <= (d == 0).sum() <= 48  # about half the chunks are learned from nothing
+    off = (seen['x'] - target)[given]  # a given prefix is the demonstration's plus noise of std PREFIX_NOISE
+    assert 0.5 * h.PREFIX_NOISE < off.std() < 2 * h.PREFIX_NOISE
     grad = seen['v'].grad.abs().sum(-1)
     assert (grad[given] == 0).all() and (grad[~given] > 0).all()
     h.eval()
@@ -178,6 +181,27 @@ def test_rtc_through_the_model_in_raw_units_and_refused_where_it_cannot_run():
         VLAPolicy(model, INSTRUCTION, n_action_steps=2, inference_delay=3)  # chunk 4 < 2 * 3
     with pytest.raises(ValueError, match="chunk_join='jump'"):
         VLAPolicy(model, INSTRUCTION, n_action_steps=2, chunk_join='jump')
+
+
+def test_a_flow_heads_temperature_is_stored_and_can_be_replaced_at_load(tmp_path):
+    """flow_noise_scale travels in the checkpoint; load_policy(flow_noise_scale=s) (eval.py --flow_noise_scale) replaces
+    it, and 0 makes the policy deterministic. Other heads refuse it, in the config and at load."""
+    from model import ManipulationVLAConfig
+    from policy import load_policy
+    from test_deploy import save_checkpoint
+    ckpt = save_checkpoint(tiny_model("flow", flow_noise_scale=0.5), tmp_path / "flow")
+    _, policy = load_policy(ckpt)
+    assert policy.model.head.noise_scale == 0.5
+    _, policy = load_policy(ckpt, flow_noise_scale=0.0)
+    assert policy.model.head.noise_scale == 0.0 and policy.model.config.flow_noise_scale == 0.0
+    obs = policy.observe(frame(3))
+    assert np.array_equal(policy.predict_chunk(*obs), policy.predict_chunk(*obs))
+    with pytest.raises(ValueError, match="belongs to a flow head"):
+        load_policy(save_checkpoint(tiny_model("mlp"), tmp_path / "mlp"), flow_noise_scale=0.5)
+    with pytest.raises(ValueError, match="needs action_head_type='flow'"):
+        ManipulationVLAConfig(action_head_type="diffusion", flow_noise_scale=0.5)
+    with pytest.raises(ValueError, match="needs action_head_type='flow'"):
+        ManipulationVLAConfig(action_head_type="flow", flow_noise_scale=-1.0)
 
 
 class Robot:

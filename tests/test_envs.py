@@ -84,6 +84,13 @@ def test_planning_sim_matches_env_step_bitwise():
         env.step(act)
         sim.step(act)
         np.testing.assert_array_equal(pusht.get_state(sim.env), pusht.get_state(env))
+    block = pusht.get_state(env)[4:7]
+    for t in range(15):  # then straight into the block: the two must agree through the contacts as well
+        act = pusht.get_state(env)[4:6].astype(np.float32)
+        env.step(act)
+        sim.step(act)
+        np.testing.assert_array_equal(pusht.get_state(sim.env), pusht.get_state(env))
+    assert np.abs(pusht.get_state(env)[4:7] - block).max() > 1.0  # it was pushed
 
 
 def test_obs_to_frame_and_unknown_task():

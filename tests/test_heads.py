@@ -197,6 +197,21 @@ def test_flow_euler_with_exact_velocity_is_exact():
     assert torch.allclose(head(torch.zeros(10, 1, 1))["action"], torch.full((10, 1, 1), 0.5), atol=1e-5)
 
 
+def test_flow_noise_scale_is_a_sampling_temperature():
+    """noise_scale s starts the paths from s * N(0, I): the same draw passed in, scaled by s, gives the same chunk, the
+    unscaled draw another one; s = 0 always starts from the noise's mode, so it samples one fixed chunk."""
+    torch.manual_seed(0)
+    head, cond = make_head("flow", 2, 5, noise_scale=0.25), torch.randn(3, N, D)
+    torch.manual_seed(1)
+    scaled = head(cond)["action"]
+    torch.manual_seed(1)
+    draw = torch.randn(3, 5, 2)
+    assert torch.allclose(scaled, head(cond, noise=0.25 * draw)["action"])
+    assert not torch.allclose(scaled, head(cond, noise=draw)["action"])
+    head.noise_scale = 0.0
+    assert torch.equal(head(cond)["action"], head(cond)["action"])
+
+
 def test_gaussian_log_prob_matches_torch_distributions():
     torch.manual_seed(0)
     head = GaussianActionHead(N * D, 3, 4, hidden_dim=16)
