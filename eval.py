@@ -15,11 +15,13 @@ demonstration used (demos: seeds [0, 100000); validation: envs.VAL_SEED..; test:
 The same rollouts, with the expert labelling the states the policy visits, are DAgger's data
 (label_rollouts, for train_dagger.py). Episodes run in worker processes with --num_workers.
 """
+import contextlib
 import json
 import os
 import time
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 import envs
@@ -77,6 +79,16 @@ def command_smoothness(actions, spec):
                 rate_limited_steps=limited)
 
 
+@contextlib.contextmanager
+def episode_rng(seed):
+    """torch's generator seeded by an episode's seed for the episode's length, and restored after: a sampling head's
+    draws (flow, diffusion, Gaussian) then depend on the seed alone, so an episode gives the same result in this
+    process or in any worker, two runs of one row agree, and a training run's batches do not depend on its evals."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
 class ManipulationEvaluator:
     """Roll a policy out for n_episodes on seeds start_seed, start_seed+1, ... and aggregate metrics."""
 
@@ -89,6 +101,10 @@ class ManipulationEvaluator:
         self.video_dir, self.n_videos, self.progress = video_dir, n_videos, progress
 
     def run_episode(self, policy, env, seed, record):
+        with episode_rng(seed):
+            return self._rollout(policy, env, seed, record)
+
+    def _rollout(self, policy, env, seed, record):
         obs, info = env.reset(seed=seed)
         policy.reset()
         frames, actions, max_reward, success_step = [], [], 0.0, None
@@ -189,7 +205,6 @@ def worker_policy(spec):
 def _episode_worker(args):
     """One evaluation episode in a spawned worker (ManipulationEvaluator.evaluate with num_workers > 1).
     -> (episode dict, frames): frames only for the episodes that are recorded as videos."""
-    import torch
     task, max_steps, spec, seed, record = args
     torch.set_num_threads(1)  # the workers share the cores: one thread each, no OpenMP spinning
     policy = worker_policy(dict(spec, task=task))
@@ -214,11 +229,17 @@ def _dagger_worker(args):
     at each of its decision points (every H steps) the expert, with probability beta, plays B steps from a COPY of
     the state in a second env, and that branch is recorded: labels on the learner's own states, each chunk one plan.
     -> dict(seed, success, steps, expert_fraction, labels: how many, episodes: [(frame dicts, labels (T, A))]).
-    The rng is seeded per episode, so the labels do not depend on how many workers share the rollouts."""
+    The rngs (numpy's for the choices, torch's for a sampling learner) are seeded per episode, so the labels do not
+    depend on how many workers share the rollouts."""
     task, ckpt, seed, beta, max_steps, rng_seed, threads, expert_kw, segment, branch = args
-    import torch
     if threads:
         torch.set_num_threads(threads)
+    with episode_rng(int(np.random.SeedSequence(rng_seed).generate_state(1)[0])):
+        return _dagger_rollout(task, ckpt, seed, beta, max_steps, rng_seed, expert_kw, segment, branch)
+
+
+def _dagger_rollout(task, ckpt, seed, beta, max_steps, rng_seed, expert_kw, segment, branch):
+    """The body of _dagger_worker, under its seeded torch generator."""
     policy = worker_policy(dict(ckpt_dir=ckpt, task=task))  # a multi-task policy: its entry for this task
     expert, env = envs.make_expert(task, **(expert_kw or {})), envs.make_env(task, image_size=policy.camera_size)
     rng = np.random.default_rng(rng_seed)

@@ -18,6 +18,7 @@ from tqdm import tqdm
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import envs  # noqa: E402
 import pusht  # noqa: E402
+from eval import episode_rng  # noqa: E402
 from policy import load_policy  # noqa: E402
 
 # -----------------------------------------------------------------------------
@@ -55,7 +56,8 @@ if __name__ == '__main__':
     env = envs.make_env('pusht')
     rows = []
     for seed in tqdm(seeds, desc='replay failures', dynamic_ncols=True):
-        blocks, agents, rewards = replay(policy, env, seed, envs.TASKS['pusht']['max_steps'])
+        with episode_rng(seed):  # the eval's draws for this seed: the same episode
+            blocks, agents, rewards = replay(policy, env, seed, envs.TASKS['pusht']['max_steps'])
         moved = np.linalg.norm(np.diff(blocks[:, :2], axis=0), axis=1) + 250 * np.abs(np.diff(blocks[:, 2]))  # ~T's arm
         last_push = int(np.nonzero(moved > still_px)[0].max()) + 1 if (moved > still_px).any() else 0
         still = len(blocks) - last_push  # steps at the end with the block at rest

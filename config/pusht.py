@@ -7,6 +7,8 @@
 # The flow head sampled at temperature 0.25 (--action_head_type=flow --flow_noise_scale=0.25) was no better over two
 # runs on the test seeds: 0.665 after 14000 iterations (31 min with its recording) and 0.765 after 16000, against the
 # MLP's 0.70 / 0.73 / 0.695; its step costs 1.3x.
+# 2000 demos at these 16000 iterations: 0.745 on the 200 test seeds where this recipe got 0.73, for 13 more minutes of
+# recording (RESULTS.md): the long preset's 0.88 needs its 40000 iterations, not its demos alone.
 task = 'pusht'
 out_dir = 'out/pusht'
 dataset_episodes = 1000

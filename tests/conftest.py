@@ -1,5 +1,6 @@
-"""Shared by the test files: the check that a checkpoint folder of any producer (train_bc.py, its best/,
-train_multitask.py, train_dagger.py, train_gail.py) runs through eval.py, deploy.py export and deploy.py run."""
+"""Shared by the test files: run_scripts (several script commands in one Python process: one torch import), the
+check that a checkpoint folder of any producer (train_bc.py, its best/, train_multitask.py, train_dagger.py,
+train_gail.py) runs through eval.py, deploy.py export and deploy.py run, and hub-shaped dataset stand-ins."""
 import atexit
 import json
 import os
@@ -14,19 +15,43 @@ os.environ["NANOVLA_FRAME_CACHE"] = _frame_cache = tempfile.mkdtemp(prefix="nano
 atexit.register(shutil.rmtree, _frame_cache, ignore_errors=True)
 
 
-# One interpreter runs the three commands in turn, each as `python SCRIPT ARGS` would (runpy, argv set): importing
-# torch + transformers costs ~9 s per process here, and this check runs once per checkpoint producer.
+# One interpreter runs a list of script commands in turn, each as `python SCRIPT ARGS` would (runpy, argv set, its
+# own stdout / stderr / exit code): importing torch + transformers is a few seconds per process, most of a tiny run.
 RUN_SCRIPTS = """
-import json, runpy, sys
-for argv in json.loads(sys.argv[1]):
-    sys.argv = argv
-    print('$ python ' + ' '.join(argv), flush=True)
-    try:
-        runpy.run_path(argv[0], run_name='__main__')
-    except SystemExit as e:
-        if e.code not in (None, 0):
-            raise
+import contextlib, io, json, logging, runpy, sys, traceback
+results = []
+for argv in COMMANDS:
+    sys.argv, out, err = argv, io.StringIO(), io.StringIO()
+    logging.root.handlers.clear()  # a script's logging.basicConfig binds this command's stderr, as a new process would
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            runpy.run_path(argv[0], run_name='__main__')
+            code = 0
+        except SystemExit as e:  # as the interpreter would exit: None -> 0, an int as is, a message -> printed, 1
+            code = e.code if isinstance(e.code, int) else 0 if e.code is None else print(e.code, file=sys.stderr) or 1
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+    results.append(dict(returncode=code, stdout=out.getvalue(), stderr=err.getvalue()))
+    if code and STOP_AT_FAILURE:
+        break
+json.dump(results, open(RESULTS_FILE, 'w'))
 """
+
+
+def run_scripts(commands, cwd=REPO, env=None, stop_at_failure=True, timeout=600):
+    """Run [script, *args] commands one after another in one Python process (see RUN_SCRIPTS), in `cwd`.
+    -> one SimpleNamespace(returncode, stdout, stderr) per command run; with stop_at_failure the first command that
+    exits nonzero is the last one run (the later ones would start from its missing outputs)."""
+    from types import SimpleNamespace
+    commands = [[str(a) for a in command] for command in commands]
+    with tempfile.TemporaryDirectory() as tmp:
+        results_file = os.path.join(tmp, 'results.json')
+        code = f'COMMANDS, STOP_AT_FAILURE, RESULTS_FILE = {commands!r}, {stop_at_failure!r}, {results_file!r}\n'
+        r = subprocess.run([sys.executable, '-c', code + RUN_SCRIPTS], cwd=cwd, env=env, capture_output=True, text=True,
+                           timeout=timeout)
+        assert r.returncode == 0 and os.path.exists(results_file), f"the script runner failed:\n{r.stderr[-3000:]}"
+        return [SimpleNamespace(**res) for res in json.load(open(results_file))]
 
 
 def check_checkpoint_runs(ckpt, task=''):
@@ -37,13 +62,13 @@ def check_checkpoint_runs(ckpt, task=''):
                  f'--out={ckpt}/eval_check.json'] + t,
                 ['deploy.py', 'export', f'--ckpt={ckpt}', f'--out={ckpt}/check.pt'] + t,
                 ['deploy.py', 'run', f'--policy={ckpt}', '--robot=sim', '--episodes=1', '--max_steps=8', '--rate=0'] + t]
-    r = subprocess.run([sys.executable, '-c', RUN_SCRIPTS, json.dumps(commands)], cwd=REPO, capture_output=True,
-                       text=True, timeout=600)
-    assert r.returncode == 0, f"checkpoint check failed:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
+    results = run_scripts(commands)
+    failed = [(c, r) for c, r in zip(commands, results) if r.returncode]
+    assert not failed, f"checkpoint check failed: {failed[0][0]}\n{failed[0][1].stdout[-2000:]}\n{failed[0][1].stderr[-3000:]}"
     metrics = json.load(open(os.path.join(ckpt, 'eval_check.json')))
     assert metrics['n_episodes'] == 1 and (not task or metrics['task'] == task)
     assert os.path.getsize(os.path.join(ckpt, 'check.pt')) > 0
-    assert 'over 1 episodes' in r.stdout.split('$ python deploy.py run')[-1]  # deploy run's summary line
+    assert 'over 1 episodes' in results[2].stdout  # deploy run's summary line
 
 
 def hub_stand_in(hub_dir, repo_id, version, fps, cameras, state_dim, action_dim, episodes=3, length=12,

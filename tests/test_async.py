@@ -155,8 +155,8 @@ def test_training_time_rtc_learns_the_rest_of_a_given_prefix():
     d = given.sum(1)
     assert torch.equal(given, torch.arange(8)[None] < d[:, None]) and d.max() > 1  # a prefix at the start
     assert 16 <= (d == 0).sum() <= 48  # about half the chunks are learned from nothing
-    off = (seen['x'] - target)[given]  # a given prefix is the demonstration's plus noise of std PREFIX_NOISE
-    assert 0.5 * h.PREFIX_NOISE < off.std() < 2 * h.PREFIX_NOISE
+    off = (seen['x'] - target)[given]  # a given prefix is the demonstration's plus noise of std prefix_noise
+    assert 0.5 * h.prefix_noise < off.std() < 2 * h.prefix_noise
     grad = seen['v'].grad.abs().sum(-1)
     assert (grad[given] == 0).all() and (grad[~given] > 0).all()
     h.eval()

@@ -4,10 +4,12 @@ and runs every stage on it: recording, training, evaluation, deployment, stage-1
 import json
 import os
 import shutil
-import subprocess
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from conftest import run_scripts  # noqa: E402
+
 TABLE_ENTRY = '''
 TASKS["reach"] = dict(module="reach", env_id="nanovla/Reach", fps=10, max_steps=40, image_size=96,
                       instruction="move to the green dot", image_keys=["observation.image"],
@@ -25,10 +27,12 @@ final_eval_episodes = 2
 '''
 
 
-def run(repo, script, *args):
-    r = subprocess.run([sys.executable, script, *args], cwd=repo, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, f"{script} {' '.join(args)}:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
-    return r.stdout
+def run(repo, commands):
+    """The commands, in one Python process (conftest.run_scripts), in the copy of the repo; each must succeed."""
+    results = run_scripts(commands, cwd=repo)
+    for command, r in zip(commands, results):
+        assert r.returncode == 0, f"{' '.join(command)}:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
+    return results
 
 
 def reach_repo(tmp_path):
@@ -49,20 +53,21 @@ def test_a_fourth_task_is_its_module_a_table_entry_and_a_preset(tmp_path):
                if not os.path.exists(os.path.join(REPO, p)) or open(os.path.join(REPO, p)).read() != (repo / p).read_text()]
     assert changed == ["reach.py", "tasks.py", "config/reach.py"]
 
-    out = run(repo, "train_bc.py", "--task=reach")  # records the expert's demos, trains, tests on held-out seeds
-    assert "recording 10 expert episodes" in out and "held-out episodes" in out
+    commands = [["train_bc.py", "--task=reach"],  # records the expert's demos, trains, tests on held-out seeds
+                ["eval.py", "--ckpt=out/reach", "--episodes=2", "--num_workers=2", "--videos=0", "--out=out/e.json"],
+                ["deploy.py", "run", "--policy=out/reach", "--robot=sim", "--episodes=1", "--max_steps=8", "--rate=0"],
+                ["train_vlm.py", "--task=reach", "--vqa_frames=8", "--eval_frames=4", "--max_iters=2", "--batch_size=4",
+                 "--hidden_size=32", "--num_heads=2", "--cnn_width=8", "--max_answer_tokens=4"],
+                ["train_gail.py", "--task=reach", "--out_dir=out/reach_gail", "--expert_episodes=2", "--bc_iters=5",
+                 "--ppo_iters=1", "--steps_per_iter=32", "--minibatch_size=16", "--eval_episodes=1", "--eval_interval=0",
+                 "--ppo_epochs=1", "--disc_steps=1"]]
+    train, _, deploy, vlm, _ = run(repo, commands)
+    assert "recording 10 expert episodes" in train.stdout and "held-out episodes" in train.stdout
     metrics = json.load(open(repo / "out" / "reach" / "eval.json"))
     assert metrics["n_episodes"] == 2 and "distance" in metrics["episodes"][0]  # the module's episode_metrics
-    run(repo, "eval.py", "--ckpt=out/reach", "--episodes=2", "--num_workers=2", "--videos=0", "--out=out/e.json")
     assert json.load(open(repo / "out" / "e.json"))["task"] == "reach"
-    out = run(repo, "deploy.py", "run", "--policy=out/reach", "--robot=sim", "--episodes=1", "--max_steps=8", "--rate=0")
-    assert "over 1 episodes" in out
-    out = run(repo, "train_vlm.py", "--task=reach", "--vqa_frames=8", "--eval_frames=4", "--max_iters=2",
-              "--batch_size=4", "--hidden_size=32", "--num_heads=2", "--cnn_width=8", "--max_answer_tokens=4")
-    assert "held-out answer accuracy" in out
-    run(repo, "train_gail.py", "--task=reach", "--out_dir=out/reach_gail", "--expert_episodes=2", "--bc_iters=5",
-        "--ppo_iters=1", "--steps_per_iter=32", "--minibatch_size=16", "--eval_episodes=1", "--eval_interval=0",
-        "--ppo_epochs=1", "--disc_steps=1")
+    assert "over 1 episodes" in deploy.stdout
+    assert "held-out answer accuracy" in vlm.stdout
     assert json.load(open(repo / "out" / "reach_gail" / "gail_state.json"))["iter"] == 1
 
 
@@ -72,18 +77,20 @@ def test_a_simulated_task_records_and_runs_at_the_camera_size_it_trains_at(tmp_p
     96 scaled down, and an export carries it to the simulator deploy.py runs (envs.SimRobot)."""
     import av
     repo = reach_repo(tmp_path)
-    out = run(repo, "train_bc.py", "--task=reach", "--image_size=48", "--out_dir=out/reach48",
-              "--final_eval_episodes=1")
-    assert "recording 10 expert episodes" in out
+    code = ("import deploy, envs; pol, meta = deploy.load_exported('out/reach48/policy.pt'); "
+            "bot = envs.SimRobot('reach', 0, image_size=meta['camera_size']); "
+            "print(meta['camera_size'], bot.get_observation()['observation.image'].shape)")
+    (repo / "camera_check.py").write_text(code)
+    train, *_, check = run(repo, [["train_bc.py", "--task=reach", "--image_size=48", "--out_dir=out/reach48",
+                                   "--final_eval_episodes=1"],
+                                  ["eval.py", "--ckpt=out/reach48", "--episodes=2", "--num_workers=2", "--videos=1"],
+                                  ["deploy.py", "export", "--ckpt=out/reach48"],
+                                  ["camera_check.py"]])
+    assert "recording 10 expert episodes" in train.stdout
     info = json.load(open(repo / "data" / "reach_10ep_48px" / "meta" / "info.json"))
     assert info["features"]["observation.image"]["shape"] == [48, 48, 3]
     checkpoint = json.load(open(repo / "out" / "reach48" / "config.json"))
     assert checkpoint["policy"]["tasks"][0]["camera_size"] == 48 and checkpoint["config"]["image_size"] == 48
-    run(repo, "eval.py", "--ckpt=out/reach48", "--episodes=2", "--num_workers=2", "--videos=1")
     with av.open(str(next((repo / "out" / "reach48" / "videos").glob("seed200000_*.mp4")))) as video:
         assert (video.streams.video[0].width, video.streams.video[0].height) == (48, 48)  # what the simulator rendered
-    run(repo, "deploy.py", "export", "--ckpt=out/reach48")
-    code = ("import deploy, envs; pol, meta = deploy.load_exported('out/reach48/policy.pt'); "
-            "bot = envs.SimRobot('reach', 0, image_size=meta['camera_size']); "
-            "print(meta['camera_size'], bot.get_observation()['observation.image'].shape)")
-    assert run(repo, "-c", code).strip() == "48 (48, 48, 3)"
+    assert check.stdout.strip() == "48 (48, 48, 3)"  # an export carries the camera size to deploy.py's simulator

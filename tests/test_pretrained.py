@@ -4,7 +4,6 @@ text encoder: trains, saves without the encoder's weights, loads, refuses other 
 report (or refuse) an instruction it was not trained on."""
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -13,6 +12,7 @@ import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+from conftest import run_scripts  # noqa: E402
 from model import EfficientNetLite0, ManipulationVLA, ManipulationVLAConfig, pretrained_source, sentence_encoder  # noqa: E402
 
 os.environ['HF_HUB_OFFLINE'] = '1'  # nothing may come from the hub
@@ -162,21 +162,21 @@ def test_eval_reports_and_deploy_refuses_an_unfamiliar_instruction(tmp_path):
         writer.save_episode()
     writer.finalize()
     out = tmp_path / 'ckpt'
-    run = lambda *a: subprocess.run([sys.executable, *a], cwd=REPO, capture_output=True, text=True, timeout=600)  # noqa: E731
-    r = run('train_bc.py', '--task=pusht', f'--dataset={root}', f'--out_dir={out}', '--max_iters=3', '--batch_size=8',
-            '--warmup_iters=1', '--eval_interval=0', '--final_eval_episodes=0', '--text_encoder=minilm')
-    assert r.returncode == 0, r.stderr[-3000:]
-    r = run('eval.py', f'--ckpt={out}', '--episodes=1', '--max_steps=4', '--videos=0',
-            '--instruction=the weather is lovely today')
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "is FAR from the trained ones" in r.stdout
+    train, evaluate, refused, near = run_scripts([
+        ['train_bc.py', '--task=pusht', f'--dataset={root}', f'--out_dir={out}', '--max_iters=3', '--batch_size=8',
+         '--warmup_iters=1', '--eval_interval=0', '--final_eval_episodes=0', '--text_encoder=minilm'],
+        ['eval.py', f'--ckpt={out}', '--episodes=1', '--max_steps=4', '--videos=0',
+         '--instruction=the weather is lovely today'],
+        ['deploy.py', 'run', f'--policy={out}', '--max_steps=4', '--rate=0', '--instruction=the weather is lovely today'],
+        ['deploy.py', 'run', f'--policy={out}', '--max_steps=4', '--rate=0',
+         '--instruction=push the T block onto the T-shaped goal']], stop_at_failure=False)  # one process: MiniLM loads once
+    assert train.returncode == 0, train.stderr[-3000:]
+    assert evaluate.returncode == 0, evaluate.stderr[-3000:]
+    assert "is FAR from the trained ones" in evaluate.stdout
     check = json.load(open(out / 'eval.json'))['instruction_check']
     assert check['familiar'] is False and check['cosine'] < 0.4
-    r = run('deploy.py', 'run', f'--policy={out}', '--max_steps=4', '--rate=0', '--instruction=the weather is lovely today')
-    assert r.returncode != 0 and 'refusing to run an unfamiliar instruction' in r.stderr
-    r = run('deploy.py', 'run', f'--policy={out}', '--max_steps=4', '--rate=0',
-            '--instruction=push the T block onto the T-shaped goal')
-    assert r.returncode == 0 and 'is near the trained ones' in r.stdout, r.stderr[-3000:]
+    assert refused.returncode != 0 and 'refusing to run an unfamiliar instruction' in refused.stderr
+    assert near.returncode == 0 and 'is near the trained ones' in near.stdout, near.stderr[-3000:]
 
 
 def test_smollm2_as_the_backbone_with_lora_round_trips(tmp_path):

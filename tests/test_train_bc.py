@@ -12,7 +12,7 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from conftest import hub_stand_in  # noqa: E402
+from conftest import hub_stand_in, run_scripts  # noqa: E402
 TINY = ['--vision_encoder=cnn', '--batch_size=8', '--warmup_iters=2', '--log_interval=1', '--eval_interval=0',
         '--final_eval_episodes=0', '--augment=True']
 
@@ -344,9 +344,16 @@ def test_a_dataset_without_a_simulator_trains_validates_open_loop_and_carries_it
     out = str(tmp_path / 'real')
     args = TINY + [f'--dataset={tiny_dataset}', f'--out_dir={out}', '--max_iters=4', '--ckpt_interval=4',
                    '--eval_interval=2']
-    r = subprocess.run([sys.executable, 'train_bc.py'] + args, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert 'no simulator: 1 held-out episodes (24 frames)' in r.stdout
+    trained, evaluate, dagger, export, run, cameras, sim_cameras = run_scripts([  # one process: torch is imported once
+        ['train_bc.py'] + args,
+        ['eval.py', f'--ckpt={out}', '--episodes=1'],
+        ['train_dagger.py', f'--init_from={out}'],
+        ['deploy.py', 'export', f'--ckpt={out}'],
+        ['deploy.py', 'run', f'--policy={out}/policy.pt', '--trust_exported_code=True', '--episodes=1'],
+        ['train_bc.py', f'--dataset={tiny_dataset}', '--cameras=observation.images.top'],  # a camera it lacks
+        ['train_bc.py', '--task=pusht', '--cameras=observation.image']], stop_at_failure=False)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert 'no simulator: 1 held-out episodes (24 frames)' in trained.stdout
     m = json.load(open(os.path.join(out, 'eval.json')))
     assert m['episodes'] == 1 and set(m['action_mae_per_dim']) == {'x', 'y'}
     assert m['scored_actions'] == 24 * 8 - sum(range(1, 8))  # the first 8 actions of each frame's chunk, in the episode
@@ -360,25 +367,14 @@ def test_a_dataset_without_a_simulator_trains_validates_open_loop_and_carries_it
     np.testing.assert_allclose(limits['action_low'], a.min(0), rtol=1e-6)
     shield, rest = deploy.make_shield('unused', 2, limits)
     assert rest is None and shield.max_step.tolist() == pytest.approx(limits['max_step_change'])
-    r = subprocess.run([sys.executable, 'eval.py', f'--ckpt={out}', '--episodes=1'], cwd=REPO, capture_output=True,
-                       text=True, timeout=300)
-    assert r.returncode != 0 and 'which has no simulator' in r.stderr and 'eval.json' in r.stderr
-    r = subprocess.run([sys.executable, 'train_dagger.py', f'--init_from={out}'], cwd=REPO, capture_output=True,
-                       text=True, timeout=300)
-    assert r.returncode != 0 and 'which has no simulator: DAgger needs one' in r.stderr
-    r = subprocess.run([sys.executable, 'deploy.py', 'export', f'--ckpt={out}'], cwd=REPO, capture_output=True,
-                       text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    r = subprocess.run([sys.executable, 'deploy.py', 'run', f'--policy={out}/policy.pt', '--trust_exported_code=True',
-                        '--episodes=1'], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert r.returncode != 0 and 'which has no simulator' in r.stderr
-    r = subprocess.run([sys.executable, 'train_bc.py', f'--dataset={tiny_dataset}', '--cameras=observation.images.top'],
-                       cwd=REPO, capture_output=True, text=True, timeout=300)  # --cameras names a camera it lacks
-    assert r.returncode != 0 and "cameras ['observation.images.top'] are not cameras of" in r.stderr
-    assert "its cameras are ['observation.image']" in r.stderr
-    r = subprocess.run([sys.executable, 'train_bc.py', '--task=pusht', '--cameras=observation.image'], cwd=REPO,
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode != 0 and '--cameras picks the cameras of a dataset with no simulator' in r.stderr
+    assert evaluate.returncode != 0 and 'which has no simulator' in evaluate.stderr and 'eval.json' in evaluate.stderr
+    assert dagger.returncode != 0 and 'which has no simulator: DAgger needs one' in dagger.stderr
+    assert export.returncode == 0, export.stderr[-3000:]
+    assert run.returncode != 0 and 'which has no simulator' in run.stderr
+    assert cameras.returncode != 0 and "cameras ['observation.images.top'] are not cameras of" in cameras.stderr
+    assert "its cameras are ['observation.image']" in cameras.stderr
+    assert sim_cameras.returncode != 0
+    assert '--cameras picks the cameras of a dataset with no simulator' in sim_cameras.stderr
 
 
 SO101 = os.path.join(REPO, '..', 'shared', 'datasets', 'so101_record_test_v30')

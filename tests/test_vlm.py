@@ -17,6 +17,7 @@ import torch.nn.functional as F
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 import train_common  # noqa: E402
+from conftest import run_scripts  # noqa: E402
 from model import ByteTokenizer, ManipulationVLA, ManipulationVLAConfig, hf_from_pretrained  # noqa: E402
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -157,22 +158,21 @@ def test_answer_loss_overfits_a_fixed_batch():
 def test_checkpoint_starts_behavioral_cloning(tmp_path):
     import envs
     ckpt = tmp_path / 'vlm'
-    r = subprocess.run([sys.executable, 'train_vlm.py', f'--dataset={tmp_path / "vqa"}', '--vqa_frames=4',
-                        '--eval_frames=2', '--max_iters=3', '--batch_size=4', '--warmup_iters=1', '--log_interval=1',
-                        '--hidden_size=32', '--num_heads=2', '--cnn_width=8', '--max_answer_tokens=4',
-                        f'--out_dir={ckpt}'], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    assert 'tied to the input embeddings' in r.stdout
+    envs.record_demonstrations('pusht', 1, str(tmp_path / 'demos'))
+    vlm, bc = run_scripts([  # one process: torch is imported once
+        ['train_vlm.py', f'--dataset={tmp_path / "vqa"}', '--vqa_frames=4', '--eval_frames=2', '--max_iters=3',
+         '--batch_size=4', '--warmup_iters=1', '--log_interval=1', '--hidden_size=32', '--num_heads=2', '--cnn_width=8',
+         '--max_answer_tokens=4', f'--out_dir={ckpt}'],
+        ['train_bc.py', '--task=pusht', f'--dataset={tmp_path / "demos"}', f'--init_from={ckpt}',
+         f'--out_dir={tmp_path / "bc"}', '--max_iters=2', '--batch_size=8', '--warmup_iters=1', '--eval_interval=0',
+         '--final_eval_episodes=0', '--augment=False']], stop_at_failure=False)
+    assert vlm.returncode == 0, vlm.stdout[-2000:] + vlm.stderr[-3000:]
+    assert 'tied to the input embeddings' in vlm.stdout
     ev = json.load(open(ckpt / 'vqa_eval.json'))
     assert ev['eval_pairs'] == 8 and 0 <= ev['before']['accuracy'] <= 1 and 0 <= ev['after']['accuracy'] <= 1
     model = ManipulationVLA.from_pretrained(str(ckpt))
     assert model.policy_info['stage'] == 'vlm' and (model.action_min == -1).all()  # no action statistics yet
-    envs.record_demonstrations('pusht', 1, str(tmp_path / 'demos'))
-    r = subprocess.run([sys.executable, 'train_bc.py', '--task=pusht', f'--dataset={tmp_path / "demos"}',
-                        f'--init_from={ckpt}', f'--out_dir={tmp_path / "bc"}', '--max_iters=2', '--batch_size=8',
-                        '--warmup_iters=1', '--eval_interval=0', '--final_eval_episodes=0', '--augment=False'],
-                       cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert bc.returncode == 0, bc.stdout[-2000:] + bc.stderr[-3000:]
     bc = ManipulationVLA.from_pretrained(str(tmp_path / 'bc'))
     stats = json.load(open(tmp_path / 'demos' / 'meta' / 'stats.json'))
     assert np.allclose(bc.action_min[0].numpy(), stats['action']['min'])  # the dataset's statistics went in
@@ -184,15 +184,14 @@ def test_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
     of 4 (the optimizer and the batch sampler continue; the LR schedule is fixed by --lr_decay_iters)."""
     from safetensors.torch import load_file
     VLM['record_vqa']('pusht', 4, tmp_path / 'vqa', seed=0)
-    args = [sys.executable, 'train_vlm.py', f'--dataset={tmp_path / "vqa"}', '--eval_frames=2', '--batch_size=4',
-            '--warmup_iters=1', '--lr_decay_iters=4', '--ckpt_interval=2', '--eval_interval=0', '--hidden_size=32',
-            '--num_heads=2', '--cnn_width=8', '--max_answer_tokens=4']
-    for out, iters in (('whole', [4]), ('parts', [2, 4])):
-        for i, n in enumerate(iters):
-            r = subprocess.run(args + [f'--out_dir={tmp_path / out}', f'--max_iters={n}', f'--resume={i > 0}'],
-                               cwd=REPO, capture_output=True, text=True, timeout=300)
-            assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    assert 'resumed from' in r.stdout and 'at iteration 2' in r.stdout
+    args = ['train_vlm.py', f'--dataset={tmp_path / "vqa"}', '--eval_frames=2', '--batch_size=4', '--warmup_iters=1',
+            '--lr_decay_iters=4', '--ckpt_interval=2', '--eval_interval=0', '--hidden_size=32', '--num_heads=2',
+            '--cnn_width=8', '--max_answer_tokens=4']
+    runs = run_scripts([args + [f'--out_dir={tmp_path / out}', f'--max_iters={n}', f'--resume={resume}']
+                        for out, n, resume in (('whole', 4, False), ('parts', 2, False), ('parts', 4, True))])
+    for r in runs:
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert len(runs) == 3 and 'resumed from' in runs[-1].stdout and 'at iteration 2' in runs[-1].stdout
     whole, parts = (load_file(str(tmp_path / d / 'model.safetensors')) for d in ('whole', 'parts'))
     assert whole.keys() == parts.keys() and all(torch.equal(whole[k], parts[k]) for k in whole)
     losses = [r['iter'] for r in map(json.loads, open(tmp_path / 'parts' / 'log.jsonl')) if 'loss' in r]
