@@ -66,10 +66,9 @@ def three_task_run(demos, tmp_path_factory):
     """Weighted sampling for 40 iterations, then resume to 50 and a per-task evaluation -> the run's folder."""
     out = str(tmp_path_factory.mktemp('mt_run') / 'mt')
     common = [f'--datasets={demos}', f'--out_dir={out}', '--task_weights=[0.15, 0.75, 0.1]'] + TINY
-    for r in run_scripts([['train_multitask.py'] + common + ['--max_iters=40', '--eval_episodes=0'],
-                          ['train_multitask.py'] + common + ['--max_iters=50', '--resume=True', '--eval_episodes=1',
-                                                             '--eval_max_steps=20']]):  # one process: one torch import
-        assert r.returncode == 0, f"train_multitask.py failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    run_scripts([['train_multitask.py'] + common + ['--max_iters=40', '--eval_episodes=0'],
+                 ['train_multitask.py'] + common + ['--max_iters=50', '--resume=True', '--eval_episodes=1',
+                                                    '--eval_max_steps=20']])  # one process: one torch import
     seen = [r for r in log(out) if r['iter'] == 40][-1]['samples_seen']  # where the first run stopped
     return out, seen
 

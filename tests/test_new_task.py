@@ -27,14 +27,6 @@ final_eval_episodes = 2
 '''
 
 
-def run(repo, commands):
-    """The commands, in one Python process (conftest.run_scripts), in the copy of the repo; each must succeed."""
-    results = run_scripts(commands, cwd=repo)
-    for command, r in zip(commands, results):
-        assert r.returncode == 0, f"{' '.join(command)}:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
-    return results
-
-
 def reach_repo(tmp_path):
     """A copy of the repo with the reach task added: its module, its table entry and its preset."""
     repo = tmp_path / "repo"
@@ -61,7 +53,7 @@ def test_a_fourth_task_is_its_module_a_table_entry_and_a_preset(tmp_path):
                 ["train_gail.py", "--task=reach", "--out_dir=out/reach_gail", "--expert_episodes=2", "--bc_iters=5",
                  "--ppo_iters=1", "--steps_per_iter=32", "--minibatch_size=16", "--eval_episodes=1", "--eval_interval=0",
                  "--ppo_epochs=1", "--disc_steps=1"]]
-    train, _, deploy, vlm, _ = run(repo, commands)
+    train, _, deploy, vlm, _ = run_scripts(commands, cwd=repo)
     assert "recording 10 expert episodes" in train.stdout and "held-out episodes" in train.stdout
     metrics = json.load(open(repo / "out" / "reach" / "eval.json"))
     assert metrics["n_episodes"] == 2 and "distance" in metrics["episodes"][0]  # the module's episode_metrics
@@ -81,11 +73,11 @@ def test_a_simulated_task_records_and_runs_at_the_camera_size_it_trains_at(tmp_p
             "bot = envs.SimRobot('reach', 0, image_size=meta['camera_size']); "
             "print(meta['camera_size'], bot.get_observation()['observation.image'].shape)")
     (repo / "camera_check.py").write_text(code)
-    train, *_, check = run(repo, [["train_bc.py", "--task=reach", "--image_size=48", "--out_dir=out/reach48",
-                                   "--final_eval_episodes=1"],
-                                  ["eval.py", "--ckpt=out/reach48", "--episodes=2", "--num_workers=2", "--videos=1"],
-                                  ["deploy.py", "export", "--ckpt=out/reach48"],
-                                  ["camera_check.py"]])
+    train, *_, check = run_scripts([["train_bc.py", "--task=reach", "--image_size=48", "--out_dir=out/reach48",
+                                     "--final_eval_episodes=1"],
+                                    ["eval.py", "--ckpt=out/reach48", "--episodes=2", "--num_workers=2", "--videos=1"],
+                                    ["deploy.py", "export", "--ckpt=out/reach48"],
+                                    ["camera_check.py"]], cwd=repo)
     assert "recording 10 expert episodes" in train.stdout
     info = json.load(open(repo / "data" / "reach_10ep_48px" / "meta" / "info.json"))
     assert info["features"]["observation.image"]["shape"] == [48, 48, 3]

@@ -159,20 +159,18 @@ def test_checkpoint_starts_behavioral_cloning(tmp_path):
     import envs
     ckpt = tmp_path / 'vlm'
     envs.record_demonstrations('pusht', 1, str(tmp_path / 'demos'))
-    vlm, bc = run_scripts([  # one process: torch is imported once
+    vlm, _ = run_scripts([  # one process: torch is imported once
         ['train_vlm.py', f'--dataset={tmp_path / "vqa"}', '--vqa_frames=4', '--eval_frames=2', '--max_iters=3',
          '--batch_size=4', '--warmup_iters=1', '--log_interval=1', '--hidden_size=32', '--num_heads=2', '--cnn_width=8',
          '--max_answer_tokens=4', f'--out_dir={ckpt}'],
         ['train_bc.py', '--task=pusht', f'--dataset={tmp_path / "demos"}', f'--init_from={ckpt}',
          f'--out_dir={tmp_path / "bc"}', '--max_iters=2', '--batch_size=8', '--warmup_iters=1', '--eval_interval=0',
-         '--final_eval_episodes=0', '--augment=False']], stop_at_failure=False)
-    assert vlm.returncode == 0, vlm.stdout[-2000:] + vlm.stderr[-3000:]
+         '--final_eval_episodes=0', '--augment=False']])
     assert 'tied to the input embeddings' in vlm.stdout
     ev = json.load(open(ckpt / 'vqa_eval.json'))
     assert ev['eval_pairs'] == 8 and 0 <= ev['before']['accuracy'] <= 1 and 0 <= ev['after']['accuracy'] <= 1
     model = ManipulationVLA.from_pretrained(str(ckpt))
     assert model.policy_info['stage'] == 'vlm' and (model.action_min == -1).all()  # no action statistics yet
-    assert bc.returncode == 0, bc.stdout[-2000:] + bc.stderr[-3000:]
     bc = ManipulationVLA.from_pretrained(str(tmp_path / 'bc'))
     stats = json.load(open(tmp_path / 'demos' / 'meta' / 'stats.json'))
     assert np.allclose(bc.action_min[0].numpy(), stats['action']['min'])  # the dataset's statistics went in
@@ -189,8 +187,6 @@ def test_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
             '--cnn_width=8', '--max_answer_tokens=4']
     runs = run_scripts([args + [f'--out_dir={tmp_path / out}', f'--max_iters={n}', f'--resume={resume}']
                         for out, n, resume in (('whole', 4, False), ('parts', 2, False), ('parts', 4, True))])
-    for r in runs:
-        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert len(runs) == 3 and 'resumed from' in runs[-1].stdout and 'at iteration 2' in runs[-1].stdout
     whole, parts = (load_file(str(tmp_path / d / 'model.safetensors')) for d in ('whole', 'parts'))
     assert whole.keys() == parts.keys() and all(torch.equal(whole[k], parts[k]) for k in whole)
