@@ -335,25 +335,26 @@ class FlowMatchingActionHead(nn.Module):
     PREFIX_FREE_SHARE = 0.5  # training-time RTC: the share of chunks learned with no given prefix (compute_loss)
 
     def __init__(self, cond_dim, action_dim, chunk_size, hidden_dim=128, num_blocks=3, num_steps=10, prefix_max_delay=0,
-                 prefix_noise=0.05, noise_scale=1.0):
+                 prefix_min_delay=1, prefix_noise=0.05, noise_scale=1.0):
         super().__init__()
         self.action_dim, self.chunk_size, self.num_steps = action_dim, chunk_size, num_steps
         self.prefix_max_delay, self.prefix_noise, self.noise_scale = prefix_max_delay, prefix_noise, noise_scale
+        self.prefix_min_delay = prefix_min_delay
         self.net = Denoiser(action_dim, cond_dim, hidden_dim, num_blocks)
 
     def compute_loss(self, cond, target, mask=None):
         """prefix_max_delay > 0 is training-time real-time chunking (Black, Ren, Equi & Levine 2025): the first d
         actions of a chunk are given (flow time 1 on those steps), as the steps that execute during inference will
         be, and only the rest is learned. Half the chunks get d = 0 (every episode's first chunk has no plan to
-        continue), the others d ~ U{1..prefix_max_delay}, and a given prefix is the demonstration's plus noise of
-        std prefix_noise: at inference it is the policy's own earlier plan, a little off, and a head that learned to
+        continue), the others d ~ U{prefix_min_delay..prefix_max_delay}, and a given prefix is the demonstration's
+        plus noise of std prefix_noise: at inference it is the policy's own earlier plan, a little off, and a head that learned to
         copy exact prefixes follows that plan's errors (on PushT: 0.06 success with d ~ U{0..8} and clean prefixes;
         more noise trades the continuation for the chunk from nothing: RESULTS.md)."""
         B, T, target = target.shape[0], target.shape[1], hold_last_valid(target, mask)
         tau = torch.rand(B, device=target.device)
         noise = torch.randn_like(target)
         if self.prefix_max_delay:
-            d = torch.randint(1, self.prefix_max_delay + 1, (B, 1), device=target.device)
+            d = torch.randint(self.prefix_min_delay, self.prefix_max_delay + 1, (B, 1), device=target.device)
             d = torch.where(torch.rand(B, 1, device=target.device) < self.PREFIX_FREE_SHARE, 0, d)
             given = torch.arange(T, device=target.device)[None] < d  # (B, T)
             tau = torch.where(given, 1.0, tau[:, None])  # (B, T): a time per step

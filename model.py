@@ -104,7 +104,10 @@ class ManipulationVLAConfig:
     flow_noise_scale: float = 1.0  # the flow head's sampling temperature: its starting noise times this (heads.py; one
     #                                PushT policy: 0.645 at 1.0, 0.765 at 0.25 on 200 test seeds). eval.py can change it
     rtc_train_max_delay: int = 0  # flow head: learn chunks whose first d <= this actions are given (training-time RTC,
-    #                               heads.py; on PushT at a 4-step delay it keeps 0.85 of its no-delay success: RESULTS.md)
+    #                               heads.py; on PushT at a 4-step delay it keeps 0.85-0.89 of its no-delay success,
+    #                               0.92 with rtc_train_min_delay = max = 4: RESULTS.md)
+    rtc_train_min_delay: int = 1  # the given prefixes' lengths are U{min..max}: min = max = the deployed delay trains
+    #                               only for it (the half of the chunks with no prefix stays)
     rtc_train_prefix_noise: float = 0.05  # the std of the noise on a given prefix (normalized actions: ~12 px on PushT);
     #                                       at K = 4, 0 / 0.05 / 0.10 kept 0.80 / 0.92 / 0.71 of K = 0's validation success
     # sizes of the offline default (ignored by pretrained backbones where they do not apply)
@@ -140,6 +143,9 @@ class ManipulationVLAConfig:
         if self.rtc_train_max_delay and (self.action_head_type != "flow" or self.rtc_train_max_delay >= self.action_chunk_size):
             raise ValueError(f"rtc_train_max_delay={self.rtc_train_max_delay} conditions the flow head on a chunk's first "
                              f"steps: it needs action_head_type='flow' and a delay below action_chunk_size")
+        if self.rtc_train_max_delay and not 1 <= self.rtc_train_min_delay <= self.rtc_train_max_delay:
+            raise ValueError(f"rtc_train_min_delay={self.rtc_train_min_delay}: the shortest given prefix must be in "
+                             f"[1, rtc_train_max_delay={self.rtc_train_max_delay}]")
         if self.rtc_train_prefix_noise < 0:
             raise ValueError(f"rtc_train_prefix_noise={self.rtc_train_prefix_noise} is a standard deviation: it must be >= 0")
         if self.flow_noise_scale < 0 or (self.flow_noise_scale != 1.0 and self.action_head_type != "flow"):
@@ -602,7 +608,8 @@ class ManipulationVLA(nn.Module):
                                        sampler=cfg.diffusion_sampler, num_inference_steps=cfg.diffusion_inference_steps)
         if cfg.action_head_type == "flow":
             return FlowMatchingActionHead(flat, A, T, cfg.denoiser_dim, num_steps=cfg.flow_steps,
-                                          prefix_max_delay=cfg.rtc_train_max_delay, prefix_noise=cfg.rtc_train_prefix_noise,
+                                          prefix_max_delay=cfg.rtc_train_max_delay,
+                                          prefix_min_delay=cfg.rtc_train_min_delay, prefix_noise=cfg.rtc_train_prefix_noise,
                                           noise_scale=cfg.flow_noise_scale)
         return TransformerActionHead(D, A, T, cfg.denoiser_dim, loss=cfg.regression_loss)  # reads all obs tokens
 

@@ -7,8 +7,10 @@ step (forward, backward, AdamW) on a synthetic batch, the way train_bc.py runs i
     python bench/bench_train.py --compare=bench/train_baseline.json
     python bench/bench_train.py --heads=mlp --cnn_width=32 --vision_grid=4   # the wider vision encoder
     python bench/bench_train.py --heads=mlp --compile     # train_bc.py --compile=True (torch.compile, inductor)
+    python bench/bench_train.py --heads=mlp --fused --bf16 --channels_last   # CPU speed-ups train_bc.py does not use
 """
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -45,13 +47,17 @@ def bench_head(head, args):
     stats = {'observation.state': {'mean': [256.0] * 2, 'std': [100.0] * 2, 'min': [0.0] * 2, 'max': [512.0] * 2},
              'action': {'mean': [256.0] * 2, 'std': [100.0] * 2, 'min': [0.0] * 2, 'max': [512.0] * 2}}
     model.set_normalization_stats(stats)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    if args.channels_last:  # NHWC activations for the CNN (oneDNN's preferred layout on some CPUs)
+        model.vision.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=args.fused)
+    autocast = torch.autocast('cpu', dtype=torch.bfloat16) if args.bf16 else contextlib.nullcontext()
     batch = make_batch(cfg, args.batch_size)
     step_model = torch.compile(model) if args.compile else model  # compiled on the first (warmup) step
     times = []
     for i in range(args.warmup + args.steps):
         t0 = time.perf_counter()
-        loss = step_model(batch)['loss']
+        with autocast:
+            loss = step_model(batch)['loss']
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -73,6 +79,9 @@ def main():
     p.add_argument('--warmup', type=int, default=3)
     p.add_argument('--threads', type=int, default=torch.get_num_threads())
     p.add_argument('--compile', action='store_true', help='torch.compile the model, as train_bc.py --compile=True')
+    p.add_argument('--fused', action='store_true', help='fused AdamW (one kernel for all parameters)')
+    p.add_argument('--bf16', action='store_true', help='bf16 autocast of the forward pass on the CPU (AVX512-BF16)')
+    p.add_argument('--channels_last', action='store_true', help='the CNN in channels-last memory format')
     p.add_argument('--glibc_default', action='store_true',
                    help="leave malloc as it is (train_bc.py on a CPU keeps freed memory: train_common.keep_freed_memory)")
     p.add_argument('--save', default='')
@@ -84,7 +93,8 @@ def main():
     results = {}
     print(f"train step, batch {args.batch_size}, 96x96x1 camera, chunk {args.chunk}, cnn width {args.cnn_width}, "
           f"{args.vision_grid}x{args.vision_grid} token grid, {args.threads} threads"
-          f"{', torch.compile' if args.compile else ''}, "
+          f"{', torch.compile' if args.compile else ''}{', fused AdamW' if args.fused else ''}"
+          f"{', bf16 autocast' if args.bf16 else ''}{', channels-last CNN' if args.channels_last else ''}, "
           f"{'malloc keeps freed memory' if kept else 'default malloc'}")
     print(f"{'head':<12} {'params':>8} {'ms/step':>9} {'samples/s':>10}" + (f" {'baseline':>10} {'change':>8}" if baseline else ''))
     for head in args.heads.split(','):

@@ -9,6 +9,7 @@
 # MLP's 0.70 / 0.73 / 0.695; its step costs 1.3x.
 # 2000 demos at these 16000 iterations: 0.745 on the 200 test seeds where this recipe got 0.73, for 13 more minutes of
 # recording (RESULTS.md): the long preset's 0.88 needs its 40000 iterations, not its demos alone.
+# learning_rate=1e-3 (min_lr=1e-4) learns no faster: 0.615 on those 200 seeds, more gross failures (RESULTS.md, 2026-12-08).
 task = 'pusht'
 out_dir = 'out/pusht'
 dataset_episodes = 1000

@@ -25,7 +25,8 @@
 # (a near miss is a policy that stops or pushes through at coverage ~0.94): seeing each episode's last 20 frames 3x
 # per epoch (end_frames / end_repeats) gives 0.705 / 0.65 / 0.69 on the three sets of 200 test seeds, 0.68 over 600
 # (avg max reward 0.915), against the mirror alone's 0.60, after 81.5 min of training (RESULTS.md, 2026-11-27 #12):
-# above LeRobot's 0.638 by ~2 standard errors, with one training seed.
+# above LeRobot's 0.638 by ~2 standard errors. A second training seed (--seed=2, 56 min on a faster day): 0.647 over the
+# same 600 (avg max reward 0.901), so 0.664 over both seeds (RESULTS.md, 2026-12-08).
 task = 'pusht'  # the simulator: gym-pusht (the dataset's own task text conditions the policy)
 dataset = 'lerobot/pusht'
 out_dir = 'out/pusht_human'

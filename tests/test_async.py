@@ -168,6 +168,21 @@ def test_training_time_rtc_learns_the_rest_of_a_given_prefix():
     from model import ManipulationVLAConfig
     with pytest.raises(ValueError, match="action_head_type='flow'"):
         ManipulationVLAConfig(action_head_type='mlp', rtc_train_max_delay=2)
+    with pytest.raises(ValueError, match="rtc_train_min_delay=5"):
+        ManipulationVLAConfig(action_head_type='flow', rtc_train_max_delay=4, rtc_train_min_delay=5)
+
+
+def test_training_time_rtc_prefixes_have_the_configured_lengths():
+    """rtc_train_min_delay..rtc_train_max_delay bound the given prefixes (min = max: only the deployed delay); the
+    values reach the head from the config, and the chunks with no prefix stay."""
+    h = tiny_model("flow", rtc_train_max_delay=3, rtc_train_min_delay=2).head
+    assert (h.prefix_min_delay, h.prefix_max_delay) == (2, 3)
+    seen = {}
+    h.net.register_forward_hook(lambda module, inputs, v: seen.update(t=inputs[1]))
+    torch.manual_seed(0)
+    h.compute_loss(torch.randn(256, h.net.cond_proj.in_features), torch.rand(256, 4, 2) * 2 - 1)
+    d = (seen['t'] == h.TIME_SCALE).sum(1)
+    assert set(d.tolist()) == {0, 2, 3}
 
 
 def test_rtc_through_the_model_in_raw_units_and_refused_where_it_cannot_run():
