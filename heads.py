@@ -347,9 +347,9 @@ class FlowMatchingActionHead(nn.Module):
         actions of a chunk are given (flow time 1 on those steps), as the steps that execute during inference will
         be, and only the rest is learned. Half the chunks get d = 0 (every episode's first chunk has no plan to
         continue), the others d ~ U{prefix_min_delay..prefix_max_delay}, and a given prefix is the demonstration's
-        plus noise of std prefix_noise: at inference it is the policy's own earlier plan, a little off, and a head that learned to
-        copy exact prefixes follows that plan's errors (on PushT: 0.06 success with d ~ U{0..8} and clean prefixes;
-        more noise trades the continuation for the chunk from nothing: RESULTS.md)."""
+        plus noise of std prefix_noise: at inference it is the policy's own earlier plan, a little off, and a head
+        that learned to copy exact prefixes follows that plan's errors (on PushT: 0.06 success with d ~ U{0..8} and
+        clean prefixes; more noise trades the continuation for the chunk from nothing: RESULTS.md)."""
         B, T, target = target.shape[0], target.shape[1], hold_last_valid(target, mask)
         tau = torch.rand(B, device=target.device)
         noise = torch.randn_like(target)
